@@ -1,0 +1,159 @@
+"""Configuration of SCALE, the five-modality product model of M5Product (CVPR 2022)."""
+
+from __future__ import annotations
+
+from transformers import PreTrainedConfig
+
+MODALITIES: tuple[str, ...] = ("text", "table", "image", "video", "audio")
+"""Modality order used everywhere: `modality_mask[:, i]`, `alignment_scores[:, i, j]`, loss names."""
+
+ALIGNMENT_MODES = ("feature", "learned")
+CONTRASTIVE_DENOMINATORS = ("negatives", "all")
+
+
+class ScaleConfig(PreTrainedConfig):
+    r"""
+    Configuration of [`ScaleModel`]. Defaults follow the paper: hidden size 768, 6 transformer layers per
+    modality encoder and 6 in the Joint Co-Transformer (JCT), captions of 36 tokens, tables of 64 tokens,
+    36 image regions, 12 video frames (one per second), 15 % masking, temperature 0.07.
+
+    Args:
+        vocab_size: WordPiece vocabulary shared by the text and table tokenizers (each encoder has its own
+            embedding table). 21128 is bert-base-chinese's vocabulary.
+        hidden_size, num_attention_heads, intermediate_size, hidden_act, hidden_dropout_prob,
+        attention_probs_dropout_prob, layer_norm_eps, initializer_range: BERT-style transformer settings,
+            shared by every encoder and the JCT.
+        num_encoder_layers: layers of each single-modality encoder.
+        num_fusion_layers: layers of the Joint Co-Transformer over the concatenated tokens.
+        max_text_length: caption tokens (36 in the paper).
+        max_table_length: serialised table tokens (64 in the paper).
+        max_table_entities: entities (a property or a value) a table may hold; sizes the entity embeddings.
+        image_size, patch_size, num_channels: raw-pixel path of the image and video encoders.
+        image_feature_dim, image_box_dim, max_image_regions: precomputed region path (Faster R-CNN
+            features of 2048-d with a 5-d box, up to 36 regions in the paper).
+        video_feature_dim, max_video_frames: precomputed per-frame path (S3D, 1024-d, up to 12 frames).
+        audio_feature_dim, max_audio_frames: MFCC / log-mel frames fed to the audio encoder (80 bins,
+            12 s at 16 kHz with hop 256 gives 750 frames).
+        audio_subsampling: stride of the audio encoder's convolutional stem, so that 750 frames become
+            188 tokens in the JCT.
+        projection_dim: size of the per-modality and fused product embeddings.
+        alignment: how SIMCL's modality alignment matrix S is obtained. `"feature"` (default, as the
+            authors' released code computes it): per sample, from the cosine similarities of the pooled
+            modality features, S <- S * softmax(S). `"learned"` (as the paper's text reads): a free 5x5
+            parameter initialised at zero, S <- S * softmax(S).
+        temperature: InfoNCE temperature tau.
+        contrastive_denominator: `"negatives"` is the paper's Eq. 2 (only the 2(N-1) negatives in the
+            denominator); `"all"` is the standard InfoNCE that also keeps the positive.
+        use_simcl: weight the losses by S (Eq. 3); `False` gives plain unweighted contrastive + masked losses,
+            the ablation of the paper.
+        mask_probability: masking rate of every pretext task (MLM, MEM, MRP, MFP, MAM).
+    """
+
+    model_type = "scale"
+
+    def __init__(
+        self,
+        vocab_size: int = 21128,
+        hidden_size: int = 768,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        num_encoder_layers: int = 6,
+        num_fusion_layers: int = 6,
+        hidden_act: str = "gelu",
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.1,
+        layer_norm_eps: float = 1e-12,
+        initializer_range: float = 0.02,
+        pad_token_id: int = 0,
+        max_text_length: int = 36,
+        max_table_length: int = 64,
+        max_table_entities: int = 32,
+        image_size: int = 224,
+        patch_size: int = 32,
+        num_channels: int = 3,
+        image_feature_dim: int = 2048,
+        image_box_dim: int = 5,
+        max_image_regions: int = 36,
+        video_feature_dim: int = 1024,
+        max_video_frames: int = 12,
+        audio_feature_dim: int = 80,
+        max_audio_frames: int = 750,
+        audio_subsampling: int = 4,
+        projection_dim: int = 256,
+        alignment: str = "feature",
+        temperature: float = 0.07,
+        contrastive_denominator: str = "negatives",
+        use_simcl: bool = True,
+        mask_probability: float = 0.15,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.num_encoder_layers = num_encoder_layers
+        self.num_fusion_layers = num_fusion_layers
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.max_text_length = max_text_length
+        self.max_table_length = max_table_length
+        self.max_table_entities = max_table_entities
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        self.image_feature_dim = image_feature_dim
+        self.image_box_dim = image_box_dim
+        self.max_image_regions = max_image_regions
+        self.video_feature_dim = video_feature_dim
+        self.max_video_frames = max_video_frames
+        self.audio_feature_dim = audio_feature_dim
+        self.max_audio_frames = max_audio_frames
+        self.audio_subsampling = audio_subsampling
+        self.projection_dim = projection_dim
+        self.alignment = alignment
+        self.temperature = temperature
+        self.contrastive_denominator = contrastive_denominator
+        self.use_simcl = use_simcl
+        self.mask_probability = mask_probability
+        super().__init__(pad_token_id=pad_token_id, **kwargs)
+        self._check_consistency()
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    def _check_consistency(self) -> None:
+        problems = []
+        if self.hidden_size % self.num_attention_heads:
+            problems.append(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})"
+            )
+        if self.image_size % self.patch_size:
+            problems.append(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
+        if self.alignment not in ALIGNMENT_MODES:
+            problems.append(f"alignment must be one of {ALIGNMENT_MODES}, got {self.alignment!r}")
+        if self.contrastive_denominator not in CONTRASTIVE_DENOMINATORS:
+            problems.append(
+                f"contrastive_denominator must be one of {CONTRASTIVE_DENOMINATORS}, "
+                f"got {self.contrastive_denominator!r}"
+            )
+        if not 0.0 < self.mask_probability < 1.0:
+            problems.append(f"mask_probability must lie in (0, 1), got {self.mask_probability}")
+        if self.temperature <= 0:
+            problems.append(f"temperature must be positive, got {self.temperature}")
+        for name in (
+            "num_encoder_layers", "num_fusion_layers", "max_text_length", "max_table_length",
+            "max_table_entities", "max_image_regions", "max_video_frames", "max_audio_frames",
+            "audio_subsampling", "projection_dim", "vocab_size",
+        ):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if problems:
+            raise ValueError("Invalid ScaleConfig: " + "; ".join(problems))
+
+
+__all__ = ["MODALITIES", "ScaleConfig"]
