@@ -27,7 +27,6 @@ class ScaleConfig(PreTrainedConfig):
         num_fusion_layers: layers of the Joint Co-Transformer over the concatenated tokens.
         max_text_length: caption tokens (36 in the paper).
         max_table_length: serialised table tokens (64 in the paper).
-        max_table_entities: entities (a property or a value) a table may hold; sizes the entity embeddings.
         image_size, patch_size, num_channels: raw-pixel path of the image and video encoders.
         image_feature_dim, image_box_dim, max_image_regions: precomputed region path (Faster R-CNN
             features of 2048-d with a 5-d box, up to 36 regions in the paper).
@@ -67,7 +66,6 @@ class ScaleConfig(PreTrainedConfig):
         pad_token_id: int = 0,
         max_text_length: int = 36,
         max_table_length: int = 64,
-        max_table_entities: int = 32,
         image_size: int = 224,
         patch_size: int = 32,
         num_channels: int = 3,
@@ -100,7 +98,6 @@ class ScaleConfig(PreTrainedConfig):
         self.initializer_range = initializer_range
         self.max_text_length = max_text_length
         self.max_table_length = max_table_length
-        self.max_table_entities = max_table_entities
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
@@ -133,7 +130,9 @@ class ScaleConfig(PreTrainedConfig):
                 f"({self.num_attention_heads})"
             )
         if self.image_size % self.patch_size:
-            problems.append(f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
+            problems.append(
+                f"image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})"
+            )
         if self.alignment not in ALIGNMENT_MODES:
             problems.append(f"alignment must be one of {ALIGNMENT_MODES}, got {self.alignment!r}")
         if self.contrastive_denominator not in CONTRASTIVE_DENOMINATORS:
@@ -147,7 +146,7 @@ class ScaleConfig(PreTrainedConfig):
             problems.append(f"temperature must be positive, got {self.temperature}")
         for name in (
             "num_encoder_layers", "num_fusion_layers", "max_text_length", "max_table_length",
-            "max_table_entities", "max_image_regions", "max_video_frames", "max_audio_frames",
+            "max_image_regions", "max_video_frames", "max_audio_frames",
             "audio_subsampling", "projection_dim", "vocab_size",
         ):
             if getattr(self, name) < 1:
