@@ -1,0 +1,138 @@
+"""Audio feature extractor of SCALE: MFCC (default) or log-mel frames of the first seconds of a product's sound track.
+
+Computed with `transformers.audio_utils` (mel filter bank + STFT) and a type-II DCT from scipy, so that neither
+torchaudio nor librosa is needed. The MFCC follows torchaudio's `MFCC` definition: HTK mel scale without filter
+normalisation, power spectrogram, dB with an 80 dB floor below the peak, orthonormal DCT-II.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
+from transformers.feature_extraction_utils import BatchFeature
+
+FEATURE_TYPES = ("mfcc", "log_mel")
+
+
+class ScaleFeatureExtractor(SequenceFeatureExtractor):
+    r"""
+    Computes `audio_features` (B, L, F) and `audio_mask` (B, L) from mono waveforms at `sampling_rate`.
+
+    Defaults follow the paper's released preprocessing: the first 12 s at 16 kHz, n_fft 1024, hop 256, 80 mel
+    bins, which gives at most `max_frames` = 12 * 16000 / 256 = 750 frames.
+
+    Args:
+        feature_size: coefficients per frame (F); for MFCC at most `num_mel_bins`, for log-mel equal to it.
+        sampling_rate: rate the waveforms must have (the processor resamples to it).
+        num_mel_bins: mel filters.
+        n_fft, hop_length: STFT window and hop in samples (Hann window).
+        max_duration: seconds kept from the start of each clip.
+        feature_type: `"mfcc"` or `"log_mel"` (natural log of the mel power, floored at 1e-10).
+        top_db: dynamic range of the dB mel spectrogram the MFCC is taken from.
+        padding_value: value of padded frames.
+    """
+
+    model_input_names = ["audio_features", "audio_mask"]
+
+    def __init__(
+        self,
+        feature_size: int = 80,
+        sampling_rate: int = 16000,
+        num_mel_bins: int = 80,
+        n_fft: int = 1024,
+        hop_length: int = 256,
+        max_duration: float = 12.0,
+        feature_type: str = "mfcc",
+        top_db: float = 80.0,
+        padding_value: float = 0.0,
+        **kwargs,
+    ):
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
+        if feature_type not in FEATURE_TYPES:
+            raise ValueError(f"feature_type must be one of {FEATURE_TYPES}, got {feature_type!r}")
+        if feature_type == "log_mel" and feature_size != num_mel_bins:
+            raise ValueError(f"log_mel features have num_mel_bins ({num_mel_bins}) values, not {feature_size}")
+        if feature_size > num_mel_bins:
+            raise ValueError(f"feature_size ({feature_size}) cannot exceed num_mel_bins ({num_mel_bins})")
+        self.num_mel_bins = num_mel_bins
+        self.n_fft = n_fft
+        self.hop_length = hop_length
+        self.max_duration = max_duration
+        self.feature_type = feature_type
+        self.top_db = top_db
+        self.mel_filters = mel_filter_bank(
+            num_frequency_bins=1 + n_fft // 2,
+            num_mel_filters=num_mel_bins,
+            min_frequency=0.0,
+            max_frequency=sampling_rate / 2,
+            sampling_rate=sampling_rate,
+            norm=None,
+            mel_scale="htk",
+        )
+        self.window = window_function(n_fft, "hann")
+
+    @property
+    def max_frames(self) -> int:
+        return int(self.max_duration * self.sampling_rate) // self.hop_length
+
+    def to_dict(self) -> dict:
+        output = super().to_dict()
+        output.pop("mel_filters", None)
+        output.pop("window", None)
+        return output
+
+    def extract_features(self, waveform: np.ndarray) -> np.ndarray:
+        """(N,) waveform at `sampling_rate` -> (L, F) float32 frames, L <= `max_frames`."""
+        waveform = np.asarray(waveform, dtype=np.float32)[: int(self.max_duration * self.sampling_rate)]
+        if waveform.size < self.n_fft // 2 + 1:  # reflect padding needs more samples than half a window
+            waveform = np.pad(waveform, (0, self.n_fft // 2 + 1 - waveform.size))
+        log_mel = spectrogram(
+            waveform,
+            self.window,
+            frame_length=self.n_fft,
+            hop_length=self.hop_length,
+            power=2.0,
+            mel_filters=self.mel_filters,
+            log_mel="dB" if self.feature_type == "mfcc" else "log",
+            db_range=self.top_db,
+        )  # (num_mel_bins, frames)
+        if self.feature_type == "mfcc":
+            features = scipy.fft.dct(log_mel, type=2, axis=0, norm="ortho")[: self.feature_size]
+        else:
+            features = log_mel
+        return np.ascontiguousarray(features.T[: self.max_frames], dtype=np.float32)
+
+    def __call__(
+        self,
+        raw_speech: np.ndarray | list[np.ndarray],
+        sampling_rate: int | None = None,
+        padding: str = "longest",
+        return_tensors: str | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        """
+        Features of one waveform or a list of them, padded to the longest (or to `max_frames` with
+        `padding="max_length"`).
+        """
+        if sampling_rate is not None and sampling_rate != self.sampling_rate:
+            raise ValueError(
+                f"the waveforms are at {sampling_rate} Hz but this feature extractor expects {self.sampling_rate} Hz; "
+                "resample first (ScaleProcessor does it for you)"
+            )
+        if isinstance(raw_speech, np.ndarray) and raw_speech.ndim == 1:
+            raw_speech = [raw_speech]
+        features = [self.extract_features(waveform) for waveform in raw_speech]
+        length = self.max_frames if padding == "max_length" else max(len(f) for f in features)
+        batch = np.full((len(features), length, self.feature_size), self.padding_value, dtype=np.float32)
+        mask = np.zeros((len(features), length), dtype=np.int64)
+        for row, frames in enumerate(features):
+            batch[row, : len(frames)] = frames
+            mask[row, : len(frames)] = 1
+        return BatchFeature({"audio_features": batch, "audio_mask": mask}, tensor_type=return_tensors)
+
+
+ScaleFeatureExtractor.register_for_auto_class("AutoFeatureExtractor")
+
+__all__ = ["FEATURE_TYPES", "ScaleFeatureExtractor"]
