@@ -1,7 +1,10 @@
-"""Audio feature extractor of SCALE: MFCC (default) or log-mel frames of the first seconds of a product's sound track.
+"""Audio feature extractor of SCALE: MFCC (default) or log-mel frames of the first seconds of a product's
+sound track.
 
-Computed with `transformers.audio_utils` (mel filter bank + STFT) and a type-II DCT from scipy, so that neither
-torchaudio nor librosa is needed. The MFCC follows torchaudio's `MFCC` definition: HTK mel scale without filter
+Computed with `transformers.audio_utils` (mel filter bank + STFT) and a type-II DCT from scipy, so that
+neither
+torchaudio nor librosa is needed. The MFCC follows torchaudio's `MFCC` definition: HTK mel scale without
+filter
 normalisation, power spectrogram, dB with an 80 dB floor below the peak, orthonormal DCT-II.
 """
 
@@ -49,11 +52,15 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
         padding_value: float = 0.0,
         **kwargs,
     ):
-        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
+        super().__init__(
+            feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs
+        )
         if feature_type not in FEATURE_TYPES:
             raise ValueError(f"feature_type must be one of {FEATURE_TYPES}, got {feature_type!r}")
         if feature_type == "log_mel" and feature_size != num_mel_bins:
-            raise ValueError(f"log_mel features have num_mel_bins ({num_mel_bins}) values, not {feature_size}")
+            raise ValueError(
+                f"log_mel features have num_mel_bins ({num_mel_bins}) values, not {feature_size}"
+            )
         if feature_size > num_mel_bins:
             raise ValueError(f"feature_size ({feature_size}) cannot exceed num_mel_bins ({num_mel_bins})")
         self.num_mel_bins = num_mel_bins
@@ -118,7 +125,8 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
         """
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             raise ValueError(
-                f"the waveforms are at {sampling_rate} Hz but this feature extractor expects {self.sampling_rate} Hz; "
+                f"the waveforms are at {sampling_rate} Hz but this feature extractor expects "
+                f"{self.sampling_rate} Hz; "
                 "resample first (ScaleProcessor does it for you)"
             )
         if isinstance(raw_speech, np.ndarray) and raw_speech.ndim == 1:

@@ -1,4 +1,4 @@
-"""Image processor of SCALE: resize to a square, rescale, normalise; PIL backend so that torchvision is not needed."""
+"""Image processor of SCALE: resize to a square, rescale, normalise; PIL backend, so no torchvision needed."""
 
 from transformers.image_processing_backends import PilBackend
 from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, PILImageResampling

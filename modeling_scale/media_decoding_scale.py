@@ -1,4 +1,5 @@
-"""Turning whatever a user or `datasets` hands us (paths, bytes, arrays, torchcodec decoders) into pixels and samples.
+"""Turning whatever a user or `datasets` hands us (paths, bytes, arrays, torchcodec decoders) into pixels and
+samples.
 
 Decoding is the one place where real-world files fail, so every loader here raises `MediaDecodingError` with a
 description of the source; the processor adds the sample index and modality. Audio and video go through
@@ -45,7 +46,7 @@ def describe_source(source: Any) -> str:
 
 
 def _file_or_bytes(source: Any) -> str | bytes | None:
-    """The path or encoded bytes of `source` (str, PathLike, bytes or a `{"path", "bytes"}` dict), else None."""
+    """The path or encoded bytes of `source` (str, PathLike, bytes, `{"path", "bytes"}` dict), else None."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
@@ -63,12 +64,14 @@ def _file_or_bytes(source: Any) -> str | bytes | None:
 
 # ----------------------------------------------------------------------------------------------------- images
 def load_image(source: Any) -> PIL.Image.Image | np.ndarray | torch.Tensor:
-    """A PIL image (RGB) from a path / bytes / `{"path","bytes"}` dict, or the array / tensor / PIL image as given."""
+    """An RGB PIL image from a path / bytes / `{"path","bytes"}` dict; arrays and PIL images as given."""
     if isinstance(source, PIL.Image.Image):
         return source.convert("RGB") if source.mode != "RGB" else source
     if isinstance(source, (np.ndarray, torch.Tensor)):
         if source.ndim not in (2, 3):
-            raise MediaDecodingError(f"an image array needs 2 or 3 dimensions, got shape {tuple(source.shape)}")
+            raise MediaDecodingError(
+                f"an image array needs 2 or 3 dimensions, got shape {tuple(source.shape)}"
+            )
         return source
     encoded = _file_or_bytes(source)
     if encoded is None:
@@ -115,8 +118,9 @@ def _frames_to_thwc(frames: Any) -> np.ndarray:
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()
     if frames.ndim != 4 or frames.shape[0] == 0:
-        raise MediaDecodingError(f"decoded video frames must have shape (T, H, W, C) or (T, C, H, W), "
-                                 f"got {tuple(frames.shape)}")
+        raise MediaDecodingError(
+            f"decoded video frames must have shape (T, H, W, C) or (T, C, H, W), got {tuple(frames.shape)}"
+        )
     if frames.shape[-1] not in (1, 3, 4) and frames.shape[1] in (1, 3, 4):
         frames = np.moveaxis(frames, 1, -1)
     if frames.shape[-1] == 1:
@@ -128,8 +132,10 @@ def load_video_frames(source: Any, fps: float, max_frames: int) -> np.ndarray:
     """
     Frames sampled at `fps` frames per second from the start, at most `max_frames`, as (T, H, W, C).
 
-    Files, bytes and torchcodec `VideoDecoder` objects (what `datasets`' `Video` feature yields) are sampled at `fps`;
-    already decoded frames (arrays / tensors / lists of images) are taken as sampled and only cut to `max_frames`.
+    Files, bytes and torchcodec `VideoDecoder` objects (what `datasets`' `Video` feature yields) are sampled
+    at `fps`;
+    already decoded frames (arrays / tensors / lists of images) are taken as sampled and only cut to
+    `max_frames`.
     """
     if _is_video_decoder(source):
         decoder = source
@@ -186,8 +192,10 @@ def load_audio(source: Any, sampling_rate: int, max_seconds: float | None) -> np
     """
     The first `max_seconds` of mono audio at `sampling_rate` Hz as a float32 array.
 
-    Accepts paths / bytes (decoded and resampled by torchcodec), torchcodec `AudioDecoder` objects (what `datasets`'
-    `Audio` feature yields), `(array, sampling_rate)` tuples, `{"array", "sampling_rate"}` dicts, and bare arrays
+    Accepts paths / bytes (decoded and resampled by torchcodec), torchcodec `AudioDecoder` objects (what
+    `datasets`'
+    `Audio` feature yields), `(array, sampling_rate)` tuples, `{"array", "sampling_rate"}` dicts, and bare
+    arrays
     or tensors, which are taken to be at `sampling_rate` already.
     """
     stop = None if max_seconds is None else float(max_seconds)

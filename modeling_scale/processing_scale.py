@@ -1,4 +1,4 @@
-"""ScaleProcessor: one call from raw products (caption, table, image, video, sound track) to SCALE's model inputs."""
+"""ScaleProcessor: one call from raw products (caption, table, image, video, sound) to model inputs."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ PADDING_MODES = ("longest", "max_length")
 
 
 class ScaleProcessingError(ValueError):
-    """One input of a batch could not be processed; the message names the sample, the modality and the source."""
+    """One input of a batch could not be processed; the message names the sample, the modality, the source."""
 
 
 class ScaleProcessor(ProcessorMixin):
@@ -46,7 +46,8 @@ class ScaleProcessor(ProcessorMixin):
         max_table_length: serialised table tokens (64 in the paper).
         video_fps: video frames sampled per second (1 in the paper).
         max_video_frames: frames kept from the start of each video (12 in the paper).
-        on_error: `"raise"` (default) stops at an unreadable input with an error naming the sample, modality and
+        on_error: `"raise"` (default) stops at an unreadable input with an error naming the sample, modality
+        and
             file; `"missing"` logs a warning, marks that modality missing for that sample and counts it in
             `decode_error_counts`, so that one corrupt file does not stop a long preprocessing run.
     """
@@ -72,7 +73,9 @@ class ScaleProcessor(ProcessorMixin):
         self.on_error = on_error
         super().__init__(image_processor, tokenizer, feature_extractor, **kwargs)
         self.table_processor = ScaleTableProcessor(tokenizer, max_length=max_table_length)
-        self.video_frame_processor = ScaleVideoProcessor(image_processor, fps=video_fps, max_frames=max_video_frames)
+        self.video_frame_processor = ScaleVideoProcessor(
+            image_processor, fps=video_fps, max_frames=max_video_frames
+        )
         self.decode_error_counts: Counter[str] = Counter()
         """Inputs marked missing under `on_error="missing"`, per modality, since the processor was created."""
 
@@ -101,8 +104,17 @@ class ScaleProcessor(ProcessorMixin):
     @property
     def model_input_names(self) -> list[str]:
         return [
-            "input_ids", "attention_mask", "table_input_ids", "table_attention_mask", "table_entity_ids",
-            "pixel_values", "video_pixel_values", "video_mask", "audio_features", "audio_mask", "modality_mask",
+            "input_ids",
+            "attention_mask",
+            "table_input_ids",
+            "table_attention_mask",
+            "table_entity_ids",
+            "pixel_values",
+            "video_pixel_values",
+            "video_mask",
+            "audio_features",
+            "audio_mask",
+            "modality_mask",
         ]
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -142,17 +154,28 @@ class ScaleProcessor(ProcessorMixin):
     def _text(self, texts: list[str | None], padding: str) -> dict[str, np.ndarray]:
         present = [index for index, text in enumerate(texts) if text is not None]
         encoded = self.tokenizer(
-            [texts[index] for index in present], max_length=self.max_text_length, truncation=True, padding=False
+            [texts[index] for index in present],
+            max_length=self.max_text_length,
+            truncation=True,
+            padding=False,
         )
         rows: list[dict | None] = [None] * len(texts)
         for position, index in enumerate(present):
-            rows[index] = {"input_ids": encoded["input_ids"][position], "attention_mask": [1] * len(encoded["input_ids"][position])}
+            rows[index] = {
+                "input_ids": encoded["input_ids"][position],
+                "attention_mask": [1] * len(encoded["input_ids"][position]),
+            }
         return self._pad_token_rows(
-            rows, {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0}, self.max_text_length, padding
+            rows,
+            {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0},
+            self.max_text_length,
+            padding,
         )
 
     def _tables(self, tables: list[Any], on_error: str) -> list[dict[str, list[int]] | None]:
-        rows = self._decode_all("table", tables, lambda table: self.table_processor([parse_table(table)])[0], on_error)
+        rows = self._decode_all(
+            "table", tables, lambda table: self.table_processor([parse_table(table)])[0], on_error
+        )
         return rows
 
     def _images(self, images: list[Any]) -> np.ndarray:
@@ -163,7 +186,7 @@ class ScaleProcessor(ProcessorMixin):
         return batch
 
     def _scatter(self, present: BatchFeature, mask: list[bool]) -> dict[str, np.ndarray]:
-        """Rows of `present` (one per sample that has the modality) placed into zero-filled full-batch arrays."""
+        """Rows of `present` (one per sample having the modality) placed in zero-filled full-batch arrays."""
         rows = [index for index, has in enumerate(mask) if has]
         output = {}
         for key, value in present.items():
@@ -201,7 +224,8 @@ class ScaleProcessor(ProcessorMixin):
             on_error: overrides the processor's `on_error` for this call.
 
         Returns:
-            [`BatchFeature`] with the key groups of the modalities at least one sample has, and `modality_mask`
+            [`BatchFeature`] with the key groups of the modalities at least one sample has, and
+            `modality_mask`
             (B, 5) in the order text, table, image, video, audio.
         """
         if kwargs:
@@ -213,7 +237,7 @@ class ScaleProcessor(ProcessorMixin):
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
         if isinstance(text, str):
             text = [text]
-        inputs = dict(zip(MODALITY_ORDER, (text, tables, images, videos, audio)))
+        inputs = dict(zip(MODALITY_ORDER, (text, tables, images, videos, audio), strict=True))
         batch_size = None
         for modality, values in inputs.items():
             if values is None:
@@ -224,17 +248,25 @@ class ScaleProcessor(ProcessorMixin):
                     f"got {type(values).__name__}"
                 )
             if batch_size is not None and len(values) != batch_size:
-                raise ValueError(f"{modality} has {len(values)} entries but the batch has {batch_size} samples")
+                raise ValueError(
+                    f"{modality} has {len(values)} entries but the batch has {batch_size} samples"
+                )
             batch_size = len(values)
         if not batch_size:
-            raise ValueError("no inputs: pass at least one of text, tables, images, videos, audio with >= 1 sample")
-        inputs = {modality: list(values) if values is not None else [None] * batch_size
-                  for modality, values in inputs.items()}
+            raise ValueError(
+                "no inputs: pass at least one of text, tables, images, videos, audio with >= 1 sample"
+            )
+        inputs = {
+            modality: list(values) if values is not None else [None] * batch_size
+            for modality, values in inputs.items()
+        }
 
         data: dict[str, np.ndarray] = {}
         for index, caption in enumerate(inputs["text"]):
             if caption is not None and not isinstance(caption, str):
-                raise ScaleProcessingError(f"sample {index}: the text must be a string, got {type(caption).__name__}")
+                raise ScaleProcessingError(
+                    f"sample {index}: the text must be a string, got {type(caption).__name__}"
+                )
         texts = [caption if caption is not None and caption.strip() else None for caption in inputs["text"]]
         table_rows = self._tables(inputs["table"], on_error)
         decoded_images = self._decode_all("image", inputs["image"], load_image, on_error)
@@ -256,16 +288,24 @@ class ScaleProcessor(ProcessorMixin):
         if any(present["text"]):
             data.update(self._text(texts, padding))
         if any(present["table"]):
-            data.update(self._pad_token_rows(
-                table_rows,
-                {"table_input_ids": self.tokenizer.pad_token_id, "table_attention_mask": 0, "table_entity_ids": 0},
-                self.max_table_length,
-                padding,
-            ))
+            data.update(
+                self._pad_token_rows(
+                    table_rows,
+                    {
+                        "table_input_ids": self.tokenizer.pad_token_id,
+                        "table_attention_mask": 0,
+                        "table_entity_ids": 0,
+                    },
+                    self.max_table_length,
+                    padding,
+                )
+            )
         if any(present["image"]):
             data["pixel_values"] = self._images(decoded_images)
         if any(present["video"]):
-            videos_out = self.video_frame_processor([v for v in decoded_videos if v is not None], padding=padding)
+            videos_out = self.video_frame_processor(
+                [v for v in decoded_videos if v is not None], padding=padding
+            )
             data.update(self._scatter(videos_out, present["video"]))
         if any(present["audio"]):
             audio_out = self.feature_extractor(

@@ -1,4 +1,5 @@
-"""Product property tables: parsing the formats users and the M5Product release use, and serialising them to tokens.
+"""Product property tables: parsing the formats users and the M5Product release use, and serialising them to
+tokens.
 
 A table becomes "[CLS] key1 : value1 ; key2 : value2 ... [SEP]". Every key and every value is an *entity*
 (key of pair k -> entity 2k-1, value -> 2k, so parity tells key from value); `table_entity_ids` records which
@@ -25,9 +26,11 @@ def parse_table(table: Any) -> list[tuple[str, str]]:
     - a list of `(key, value)` pairs,
     - a list of `{"key": ..., "value": ...}` dicts (the converted dataset's `table` feature),
     - a `{key: value}` mapping,
-    - the M5Product release's `"prop#:#value#;#prop#:#value"` string (a segment without `#:#` is a value-less key).
+    - the M5Product release's `"prop#:#value#;#prop#:#value"` string (a segment without `#:#` is a value-less
+      key).
 
-    Pairs whose key and value are both blank are dropped; a table left without any pair is an error, because it
+    Pairs whose key and value are both blank are dropped; a table left without any pair is an error, because
+    it
     would be a "present" modality with no content (pass `None` for a missing table).
     """
     if isinstance(table, str):
@@ -36,8 +39,14 @@ def parse_table(table: Any) -> list[tuple[str, str]]:
             key, _, value = segment.partition(RELEASE_KEY_VALUE_SEPARATOR)
             pairs.append((key, value))
     elif isinstance(table, Mapping):
-        if set(table) == {"key", "value"} and isinstance(table["key"], Sequence) and not isinstance(table["key"], str):
-            pairs = list(zip(table["key"], table["value"], strict=True))  # columnar: {"key": [...], "value": [...]}
+        if (
+            set(table) == {"key", "value"}
+            and isinstance(table["key"], Sequence)
+            and not isinstance(table["key"], str)
+        ):
+            pairs = list(
+                zip(table["key"], table["value"], strict=True)
+            )  # columnar: {"key": [...], "value": [...]}
         else:
             pairs = list(table.items())
     elif isinstance(table, Sequence):
@@ -49,11 +58,13 @@ def parse_table(table: Any) -> list[tuple[str, str]]:
                 pairs.append((pair[0], pair[1]))
             else:
                 raise TableFormatError(
-                    f"table row {position} is {pair!r}; expected a (key, value) pair or a {{'key', 'value'}} dict"
+                    f"table row {position} is {pair!r}; expected a (key, value) pair or a "
+                    "{'key', 'value'} dict"
                 )
     else:
         raise TableFormatError(
-            f"unsupported table type {type(table).__name__}; expected a list of (key, value) pairs, a list of "
+            f"unsupported table type {type(table).__name__}; expected a list of (key, value) pairs, a "
+            "list of "
             "{'key', 'value'} dicts, a mapping or a 'prop#:#value#;#...' string"
         )
     cleaned = []
@@ -72,13 +83,18 @@ class ScaleTableProcessor:
     Serialises parsed tables into `table_input_ids`, `table_attention_mask` and `table_entity_ids` (lists of
     ints, unpadded) with the processor's tokenizer.
 
-    Truncation to `max_length` tokens happens on entity boundaries: pairs are kept in order while they fit; a key
+    Truncation to `max_length` tokens happens on entity boundaries: pairs are kept in order while they fit; a
+    key
     whose value does not fit is dropped with it. Only when not even the first pair fits is it cut token-wise.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int = 64, key_separator: str = ":", pair_separator: str = ";"):
+    def __init__(
+        self, tokenizer: Any, max_length: int = 64, key_separator: str = ":", pair_separator: str = ";"
+    ):
         if max_length < 3:
-            raise ValueError(f"a table needs at least 3 tokens ([CLS] entity [SEP]), got max_length={max_length}")
+            raise ValueError(
+                f"a table needs at least 3 tokens ([CLS] entity [SEP]), got max_length={max_length}"
+            )
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.key_separator_id = self._single_token_id(key_separator)
@@ -87,14 +103,16 @@ class ScaleTableProcessor:
     def _single_token_id(self, text: str) -> int:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) != 1 or ids[0] == self.tokenizer.unk_token_id:
-            raise ValueError(f"the tokenizer must encode the table separator {text!r} as one known token, got {ids}")
+            raise ValueError(
+                f"the tokenizer must encode the table separator {text!r} as one known token, got {ids}"
+            )
         return ids[0]
 
-    def _serialise(self, pairs: list[tuple[str, list[int], list[int]]]) -> dict[str, list[int]]:
+    def _serialise(self, pairs: list[tuple[list[int], list[int]]]) -> dict[str, list[int]]:
         budget = self.max_length - 2  # [CLS] ... [SEP]
         ids: list[int] = []
         entities: list[int] = []
-        for index, (_, key_ids, value_ids) in enumerate(pairs):
+        for index, (key_ids, value_ids) in enumerate(pairs):
             pair_ids, pair_entities = [], []
             if index:
                 pair_ids.append(self.pair_separator_id)
@@ -127,10 +145,10 @@ class ScaleTableProcessor:
         outputs, cursor = [], 0
         for pairs in tables:
             tokenised = []
-            for key, value in pairs:
-                tokenised.append((key, encoded[cursor], encoded[cursor + 1]))
+            for _ in pairs:
+                tokenised.append((encoded[cursor], encoded[cursor + 1]))
                 cursor += 2
-            if not any(key_ids or value_ids for _, key_ids, value_ids in tokenised):
+            if not any(key_ids or value_ids for key_ids, value_ids in tokenised):
                 raise TableFormatError("the table has no text the tokenizer can encode")
             outputs.append(self._serialise(tokenised))
         return outputs

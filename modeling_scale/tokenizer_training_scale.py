@@ -1,4 +1,4 @@
-"""Building SCALE's WordPiece tokenizer offline: train a vocabulary on a product corpus (Chinese and English)."""
+"""Building SCALE's WordPiece tokenizer offline: a vocabulary trained on product text (Chinese, English)."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def train_wordpiece_tokenizer(
         continuing_subword_prefix="##",
     )
     tokenizer.train_from_iterator(corpus, trainer=trainer)
-    return BertTokenizerFast(vocab=tokenizer.get_vocab(), do_lower_case=lowercase, tokenize_chinese_chars=True)
+    return BertTokenizerFast(
+        vocab=tokenizer.get_vocab(), do_lower_case=lowercase, tokenize_chinese_chars=True
+    )
 
 
 __all__ = ["train_wordpiece_tokenizer"]

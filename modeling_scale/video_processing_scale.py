@@ -1,4 +1,4 @@
-"""Video processor of SCALE: frames sampled at a fixed rate, processed like images, padded with a frame mask."""
+"""Video processor of SCALE: frames sampled at a fixed rate, processed like images, padded, with a mask."""
 
 from __future__ import annotations
 
@@ -35,13 +35,13 @@ class ScaleVideoProcessor:
         self.max_frames = max_frames
 
     def load(self, video: Any) -> np.ndarray:
-        """Decode / sample one video (path, bytes, torchcodec VideoDecoder or decoded frames) to (T, H, W, C)."""
+        """Decode / sample one video (path, bytes, VideoDecoder, decoded frames) to (T, H, W, C)."""
         return load_video_frames(video, fps=self.fps, max_frames=self.max_frames)
 
     def __call__(
         self, videos: list[np.ndarray], padding: str = "longest", return_tensors: str | None = None
     ) -> BatchFeature:
-        """Sampled frames (T_i, H, W, C) per video -> padded arrays; pad to `max_frames` with `padding="max_length"`."""
+        """Sampled frames (T_i, H, W, C) per video -> padded arrays (to `max_frames` with "max_length")."""
         lengths = [len(frames) for frames in videos]
         all_frames = [frame for frames in videos for frame in frames]
         pixels = self.image_processor(all_frames, return_tensors="np")["pixel_values"]
