@@ -145,14 +145,23 @@ class ScaleConfig(PreTrainedConfig):
         if self.temperature <= 0:
             problems.append(f"temperature must be positive, got {self.temperature}")
         for name in (
-            "num_encoder_layers", "num_fusion_layers", "max_text_length", "max_table_length",
-            "max_image_regions", "max_video_frames", "max_audio_frames",
-            "audio_subsampling", "projection_dim", "vocab_size",
+            "num_encoder_layers",
+            "num_fusion_layers",
+            "max_text_length",
+            "max_table_length",
+            "max_image_regions",
+            "max_video_frames",
+            "max_audio_frames",
+            "audio_subsampling",
+            "projection_dim",
+            "vocab_size",
         ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if problems:
             raise ValueError("Invalid ScaleConfig: " + "; ".join(problems))
 
+
+ScaleConfig.register_for_auto_class()
 
 __all__ = ["MODALITIES", "ScaleConfig"]

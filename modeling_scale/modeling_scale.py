@@ -1,0 +1,1047 @@
+"""PyTorch SCALE: five single-modality encoders, the Joint Co-Transformer (JCT), SIMCL pretraining heads.
+
+Inputs follow the shared contract (see `ScaleModel.forward`). A modality is *present* for a sample when
+`modality_mask` says so and its inputs were given; everything else about that modality is masked out of
+attention, pooling, S and every loss, so its values never influence any output.
+"""
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import SequenceClassifierOutput
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils import ModelOutput
+
+from .configuration_scale import MODALITIES, ScaleConfig
+from .simcl import alignment_scores, simcl_contrastive_loss
+
+MODEL_INPUT_NAMES = (
+    "input_ids", "attention_mask",
+    "table_input_ids", "table_attention_mask", "table_entity_ids",
+    "pixel_values", "image_features", "image_boxes", "image_mask",
+    "video_pixel_values", "video_features", "video_mask",
+    "audio_features", "audio_mask",
+    "modality_mask",
+)  # fmt: skip
+"""Every input `ScaleModel.forward` reads (the shared processor -> model contract)."""
+
+# ------------------------------------------------------------------------------------------------------------
+# Raw token vectors: what one token of a modality "is" before the model embeds it. The model embeds inputs
+# with these and turns `{modality}_targets` into the MRP / MFP / MAM regression targets with the same
+# functions.
+# ------------------------------------------------------------------------------------------------------------
+
+
+def image_patch_vectors(pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, (H/p)*(W/p), C*p*p): each patch's pixels as (C, p, p), patches row-major."""
+    batch, channels, height, width = pixel_values.shape
+    patches = pixel_values.reshape(
+        batch, channels, height // patch_size, patch_size, width // patch_size, patch_size
+    )
+    return patches.permute(0, 2, 4, 1, 3, 5).reshape(batch, -1, channels * patch_size * patch_size)
+
+
+def video_frame_vectors(video_pixel_values: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(B, T, C, H, W) -> (B, T, C*(H/p)*(W/p)): each frame average-pooled by the patch size, flattened."""
+    batch, frames = video_pixel_values.shape[:2]
+    pooled = F.avg_pool2d(video_pixel_values.flatten(0, 1), patch_size)
+    return pooled.reshape(batch, frames, -1)
+
+
+def audio_group_vectors(audio_features: torch.Tensor, group: int) -> torch.Tensor:
+    """(B, L, F) -> (B, ceil(L/s), s*F): non-overlapping groups of s frames (the last one zero-padded)."""
+    batch, length, bins = audio_features.shape
+    padded = F.pad(audio_features, (0, 0, 0, -length % group))
+    return padded.reshape(batch, -1, group * bins)
+
+
+def audio_group_mask(audio_mask: torch.Tensor, group: int) -> torch.Tensor:
+    """(B, L) frame mask -> (B, ceil(L/s)) token mask: a group is valid when any of its frames is."""
+    padded = F.pad(audio_mask.bool(), (0, -audio_mask.shape[1] % group))
+    return padded.reshape(audio_mask.shape[0], -1, group).any(dim=-1)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Transformer layer (BERT's layout and parameter names, so a BERT checkpoint maps onto it one to one).
+# ------------------------------------------------------------------------------------------------------------
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    attn_weights = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = nn.functional.softmax(attn_weights, dim=-1)
+    attn_weights = nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+class ScaleSelfAttention(nn.Module):
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        self.config = config
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout = config.attention_probs_dropout_prob
+
+    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        query = self.query(hidden_states).view(hidden_shape).transpose(1, 2)
+        key = self.key(hidden_states).view(hidden_shape).transpose(1, 2)
+        value = self.value(hidden_states).view(hidden_shape).transpose(1, 2)
+
+        # Additive (B, 1, 1, L) key mask in the dtype attention runs in (autocast included); every row keeps
+        # at least one key (see ScaleModel), so no softmax is over an empty set.
+        additive_mask = torch.zeros(token_mask.shape, dtype=query.dtype, device=query.device)
+        additive_mask = additive_mask.masked_fill(~token_mask, torch.finfo(query.dtype).min)[:, None, None, :]
+
+        attention_interface: Callable = eager_attention_forward
+        if self.config._attn_implementation != "eager":
+            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attn_output, _ = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            additive_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+        )
+        return attn_output.reshape(*input_shape, -1).contiguous()
+
+
+class ScaleSelfOutput(nn.Module):
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class ScaleAttention(nn.Module):
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        self.self = ScaleSelfAttention(config)
+        self.output = ScaleSelfOutput(config)
+
+    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        return self.output(self.self(hidden_states, token_mask), hidden_states)
+
+
+class ScaleIntermediate(nn.Module):
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class ScaleOutput(nn.Module):
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class ScaleLayer(GradientCheckpointingLayer):
+    """One post-LN transformer layer; every modality encoder and the JCT are stacks of it."""
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        self.attention = ScaleAttention(config)
+        self.intermediate = ScaleIntermediate(config)
+        self.output = ScaleOutput(config)
+
+    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        attention_output = self.attention(hidden_states, token_mask)
+        return self.output(self.intermediate(attention_output), attention_output)
+
+
+class ScaleEncoder(nn.Module):
+    def __init__(self, config: ScaleConfig, num_layers: int):
+        super().__init__()
+        self.layer = nn.ModuleList([ScaleLayer(config) for _ in range(num_layers)])
+
+    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        """`token_mask` (B, L) bool: the keys each token may attend to."""
+        for layer in self.layer:
+            hidden_states = layer(hidden_states, token_mask)
+        return hidden_states
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Per-modality embeddings. Each returns (B, L, H) tokens after LayerNorm and dropout; image, video and audio
+# prepend a learned CLS token (text and table already start with the tokenizer's [CLS]).
+# ------------------------------------------------------------------------------------------------------------
+
+
+def _check_length(field: str, length: int, limit: int, limit_name: str) -> None:
+    if length > limit:
+        raise ValueError(f"`{field}` has {length} positions, more than config.{limit_name} = {limit}")
+
+
+class ScaleTokenEmbeddings(nn.Module):
+    """Word + position embeddings of the caption or the serialised table; the table adds a role embedding."""
+
+    def __init__(self, config: ScaleConfig, max_length: int, max_length_name: str, num_roles: int = 0):
+        super().__init__()
+        self.max_length_name = max_length_name
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.position_embeddings = nn.Embedding(max_length, config.hidden_size)
+        self.role_embeddings = nn.Embedding(num_roles, config.hidden_size) if num_roles else None
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, field: str, roles: torch.Tensor | None = None) -> torch.Tensor:
+        length = input_ids.shape[1]
+        _check_length(field, length, self.position_embeddings.num_embeddings, self.max_length_name)
+        embeddings = self.word_embeddings(input_ids) + self.position_embeddings.weight[:length]
+        if self.role_embeddings is not None:
+            embeddings = embeddings + self.role_embeddings(roles)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+def table_roles(table_entity_ids: torch.Tensor) -> torch.Tensor:
+    """Entity ids -> roles: 0 for [CLS]/[SEP]/separators/padding (id 0), 1 key (odd id), 2 value (even)."""
+    return torch.where(table_entity_ids == 0, 0, 2 - table_entity_ids % 2)
+
+
+class ScaleImageEmbeddings(nn.Module):
+    """Pixels -> patch tokens (Conv2d + positions), or detector regions -> Linear(feature) + Linear(box)."""
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        self.image_size = config.image_size
+        self.cls_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+        self.patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.position_embeddings = nn.Embedding(config.num_patches + 1, config.hidden_size)
+        self.feature_projection = nn.Linear(config.image_feature_dim, config.hidden_size)
+        self.box_projection = nn.Linear(config.image_box_dim, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        image_features: torch.Tensor | None = None,
+        image_boxes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if pixel_values is not None:
+            if tuple(pixel_values.shape[-2:]) != (self.image_size, self.image_size):
+                raise ValueError(
+                    f"`pixel_values` are {tuple(pixel_values.shape[-2:])}, "
+                    f"config.image_size is {self.image_size}"
+                )
+            tokens = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
+            tokens = tokens.flatten(2).transpose(1, 2) + self.position_embeddings.weight[1:]
+        else:
+            if image_boxes is None:
+                raise ValueError("`image_features` need their `image_boxes` (B, R, config.image_box_dim)")
+            tokens = self.feature_projection(image_features) + self.box_projection(image_boxes)
+        cls = (self.cls_embedding + self.position_embeddings.weight[0]).expand(tokens.shape[0], 1, -1)
+        return self.dropout(self.LayerNorm(torch.cat([cls.to(tokens.dtype), tokens], dim=1)))
+
+
+class ScaleVideoEmbeddings(nn.Module):
+    """Frames -> one token each: per-frame patch embedding mean-pooled (own weights), or a frame feature."""
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        self.image_size = config.image_size
+        self.cls_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+        self.frame_patch_embedding = nn.Conv2d(
+            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
+        )
+        self.feature_projection = nn.Linear(config.video_feature_dim, config.hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_video_frames + 1, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self, video_pixel_values: torch.Tensor | None = None, video_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if video_pixel_values is not None:
+            if tuple(video_pixel_values.shape[-2:]) != (self.image_size, self.image_size):
+                raise ValueError(
+                    f"`video_pixel_values` frames are {tuple(video_pixel_values.shape[-2:])}, "
+                    f"config.image_size is {self.image_size}"
+                )
+            batch, frames = video_pixel_values.shape[:2]
+            patches = self.frame_patch_embedding(
+                video_pixel_values.flatten(0, 1).to(self.frame_patch_embedding.weight.dtype)
+            )
+            tokens = patches.flatten(2).mean(dim=-1).reshape(batch, frames, -1)
+            field = "video_pixel_values"
+        else:
+            tokens = self.feature_projection(video_features)
+            field = "video_features"
+        frames = tokens.shape[1]
+        _check_length(field, frames, self.position_embeddings.num_embeddings - 1, "max_video_frames")
+        tokens = tokens + self.position_embeddings.weight[1 : frames + 1]
+        cls = (self.cls_embedding + self.position_embeddings.weight[0]).expand(tokens.shape[0], 1, -1)
+        return self.dropout(self.LayerNorm(torch.cat([cls.to(tokens.dtype), tokens], dim=1)))
+
+
+class ScaleAudioEmbeddings(nn.Module):
+    """MFCC / log-mel frames -> tokens: each non-overlapping group of `audio_subsampling` frames -> Linear."""
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        self.group = config.audio_subsampling
+        self.max_tokens = math.ceil(config.max_audio_frames / config.audio_subsampling)
+        self.cls_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+        self.frame_projection = nn.Linear(
+            config.audio_subsampling * config.audio_feature_dim, config.hidden_size
+        )
+        self.position_embeddings = nn.Embedding(self.max_tokens + 1, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, audio_features: torch.Tensor) -> torch.Tensor:
+        _check_length(
+            "audio_features", audio_features.shape[1], self.max_tokens * self.group, "max_audio_frames"
+        )
+        tokens = self.frame_projection(audio_group_vectors(audio_features, self.group))
+        tokens = tokens + self.position_embeddings.weight[1 : tokens.shape[1] + 1]
+        cls = (self.cls_embedding + self.position_embeddings.weight[0]).expand(tokens.shape[0], 1, -1)
+        return self.dropout(self.LayerNorm(torch.cat([cls.to(tokens.dtype), tokens], dim=1)))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Heads
+# ------------------------------------------------------------------------------------------------------------
+
+
+class ScaleContrastiveProjection(nn.Module):
+    """Token 0 of a modality encoder (before the JCT) -> contrastive feature.
+
+    The released code uses Linear -> ReLU; we keep that and add a final Linear (SimCLR's two-layer head), so
+    the feature is not confined to the non-negative orthant (where no cosine similarity is negative).
+    """
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.projection = nn.Linear(config.hidden_size, config.projection_dim)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.projection(F.relu(self.dense(hidden_states)))
+
+
+class ScalePredictionHead(nn.Module):
+    """BERT's prediction head (dense -> act -> LayerNorm -> decoder): token ids or raw-token regression."""
+
+    def __init__(self, config: ScaleConfig, output_size: int):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, output_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.LayerNorm(self.transform_act_fn(self.dense(hidden_states))))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Outputs
+# ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScaleModelOutput(ModelOutput):
+    r"""
+    last_hidden_state (`torch.FloatTensor` of shape `(batch_size, total_tokens, hidden_size)`):
+        JCT output over the concatenated tokens of the given modalities (in `MODALITIES` order); zero at
+        tokens that are masked out (padding, missing modalities).
+    product_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+        Fused product embedding: projection of the mean of the post-JCT token 0 of each present modality.
+    text_embeds, table_embeds, image_embeds, video_embeds, audio_embeds (`(batch_size, projection_dim)`):
+        Contrastive features of each modality (pre-JCT token 0 -> projection), not normalised; zero where the
+        sample lacks the modality.
+    alignment_scores (`torch.FloatTensor` of shape `(batch_size, 5, 5)`):
+        SIMCL's modality alignment matrix S per sample (rows/columns of missing modalities are zero).
+    modality_mask (`torch.LongTensor` of shape `(batch_size, 5)`):
+        The modalities each sample was treated as having.
+    fusion_attention_mask (`torch.LongTensor` of shape `(batch_size, total_tokens)`):
+        Which JCT tokens were attended to.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    product_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    table_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    video_embeds: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    alignment_scores: torch.FloatTensor | None = None
+    modality_mask: torch.LongTensor | None = None
+    fusion_attention_mask: torch.LongTensor | None = None
+
+
+@dataclass
+class ScaleForPreTrainingOutput(ModelOutput):
+    r"""
+    loss: sum of the terms below that had something to compute. Each term is 0 when it had nothing to compute
+    (no labels / targets given, nothing masked, modality absent).
+    mlm_loss, mem_loss: masked language / entity modelling cross-entropy (text, table).
+    mrp_loss, mfp_loss, mam_loss: masked region (image), frame (video), audio regression, MSE on raw tokens.
+    contrastive_loss: SIMCL inter-modality contrastive loss, mean over the usable modality pairs.
+    mlm_logits, mem_logits: token predictions of the text / table tokens (already scaled by S[i, i]).
+    """
+
+    loss: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
+    mem_loss: torch.FloatTensor | None = None
+    mrp_loss: torch.FloatTensor | None = None
+    mfp_loss: torch.FloatTensor | None = None
+    mam_loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+    mlm_logits: torch.FloatTensor | None = None
+    mem_logits: torch.FloatTensor | None = None
+    product_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    table_embeds: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    video_embeds: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    alignment_scores: torch.FloatTensor | None = None
+    modality_mask: torch.LongTensor | None = None
+
+
+@dataclass
+class _ScaleEncoding:
+    """Everything one forward pass computes, including the JCT token spans the pretraining heads need."""
+
+    fused: torch.Tensor
+    fusion_mask: torch.Tensor
+    spans: dict[str, tuple[int, int]]
+    token_keep: dict[str, torch.Tensor]
+    modality_embeds: torch.Tensor
+    modality_mask: torch.Tensor
+    alignment: torch.Tensor
+    product_embeds: torch.Tensor
+
+    def model_output(self) -> ScaleModelOutput:
+        return ScaleModelOutput(
+            last_hidden_state=self.fused,
+            product_embeds=self.product_embeds,
+            **{f"{name}_embeds": self.modality_embeds[:, i] for i, name in enumerate(MODALITIES)},
+            alignment_scores=self.alignment,
+            modality_mask=self.modality_mask.long(),
+            fusion_attention_mask=self.fusion_mask.long(),
+        )
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------------------------
+
+
+class ScalePreTrainedModel(PreTrainedModel):
+    config_class = ScaleConfig
+    config: ScaleConfig
+    base_model_prefix = "scale"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["ScaleLayer"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, (ScaleImageEmbeddings, ScaleVideoEmbeddings, ScaleAudioEmbeddings)):
+            init.normal_(module.cls_embedding, mean=0.0, std=self.config.initializer_range)
+        elif isinstance(module, ScaleModel) and module.alignment_parameter is not None:
+            # "learned" S starts at all ones (k * S * softmax(S) = 1): SIMCL starts as the unweighted losses.
+            init.ones_(module.alignment_parameter)
+
+    def load_text_encoder_weights(self, bert: "str | os.PathLike | PreTrainedModel") -> list[str]:
+        """Initialise the text embeddings and encoder from a BERT checkpoint (the paper starts from BERT).
+
+        Copies the word embeddings, the first `max_text_length` position embeddings (BERT's token-type row 0
+        is added to them: every caption token has type 0, so the sum is unchanged), the embedding LayerNorm
+        and the first `config.num_encoder_layers` layers, parameter by parameter.
+
+        Args:
+            bert: a local folder with a BERT checkpoint, or a loaded `BertModel` (or a model wrapping one).
+
+        Returns:
+            The names of the SCALE parameters that were overwritten.
+        """
+        if not isinstance(bert, nn.Module):
+            from transformers import BertModel
+
+            bert = BertModel.from_pretrained(bert)
+        bert = bert.base_model
+        bert_config, config = bert.config, self.config
+        if bert_config.num_hidden_layers < config.num_encoder_layers:
+            raise ValueError(
+                f"BERT has {bert_config.num_hidden_layers} layers, config.num_encoder_layers is "
+                f"{config.num_encoder_layers}"
+            )
+        if bert_config.num_attention_heads != config.num_attention_heads:
+            raise ValueError(
+                f"BERT has {bert_config.num_attention_heads} attention heads, config.num_attention_heads is "
+                f"{config.num_attention_heads}"
+            )
+        source = bert.state_dict()
+        text_positions = source["embeddings.position_embeddings.weight"]
+        if text_positions.shape[0] < config.max_text_length:
+            raise ValueError(
+                f"BERT has {text_positions.shape[0]} positions, "
+                f"config.max_text_length is {config.max_text_length}"
+            )
+        mapping = {
+            "embeddings.text.word_embeddings.weight": source["embeddings.word_embeddings.weight"],
+            "embeddings.text.position_embeddings.weight": text_positions[: config.max_text_length]
+            + source["embeddings.token_type_embeddings.weight"][0],
+            "embeddings.text.LayerNorm.weight": source["embeddings.LayerNorm.weight"],
+            "embeddings.text.LayerNorm.bias": source["embeddings.LayerNorm.bias"],
+        }
+        base = self.base_model
+        for index, layer in enumerate(base.encoders["text"].layer):
+            for name, _ in layer.named_parameters():
+                mapping[f"encoders.text.layer.{index}.{name}"] = source[f"encoder.layer.{index}.{name}"]
+
+        target = dict(base.named_parameters())
+        for name, tensor in mapping.items():
+            if target[name].shape != tensor.shape:
+                raise ValueError(
+                    f"Cannot load BERT weights into `{name}`: BERT's tensor is {tuple(tensor.shape)}, "
+                    f"SCALE's is {tuple(target[name].shape)} "
+                    "(check vocab_size, hidden_size, intermediate_size)"
+                )
+        with torch.no_grad():
+            for name, tensor in mapping.items():
+                target[name].copy_(tensor)
+        prefix = f"{self.base_model_prefix}." if base is not self else ""
+        return [prefix + name for name in mapping]
+
+
+class ScaleModel(ScalePreTrainedModel):
+    """SCALE: five single-modality encoders (own weights each), a learned modality-type embedding and the JCT.
+
+    Outputs the fused `product_embeds`, the pre-JCT contrastive feature of each modality and SIMCL's matrix S.
+    """
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__(config)
+        self.embeddings = nn.ModuleDict(
+            {
+                "text": ScaleTokenEmbeddings(config, config.max_text_length, "max_text_length"),
+                "table": ScaleTokenEmbeddings(
+                    config, config.max_table_length, "max_table_length", num_roles=3
+                ),
+                "image": ScaleImageEmbeddings(config),
+                "video": ScaleVideoEmbeddings(config),
+                "audio": ScaleAudioEmbeddings(config),
+            }
+        )
+        self.encoders = nn.ModuleDict(
+            {name: ScaleEncoder(config, config.num_encoder_layers) for name in MODALITIES}
+        )
+        self.contrastive_projections = nn.ModuleDict(
+            {name: ScaleContrastiveProjection(config) for name in MODALITIES}
+        )
+        self.modality_type_embeddings = nn.Embedding(len(MODALITIES), config.hidden_size)
+        self.fusion_encoder = ScaleEncoder(config, config.num_fusion_layers)
+        self.product_projection = nn.Linear(config.hidden_size, config.projection_dim)
+        self.alignment_parameter = (
+            nn.Parameter(torch.ones(len(MODALITIES), len(MODALITIES)))
+            if config.alignment == "learned"
+            else None
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings["text"].word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.embeddings["text"].word_embeddings = value
+
+    def _embed(self, name: str, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """One modality's (tokens (B, L, H), token mask (B, L) bool, has-content (B,)); None if absent."""
+        get = inputs.get
+        if name == "text":
+            if get("input_ids") is None:
+                return None
+            tokens = self.embeddings["text"](get("input_ids"), "input_ids")
+            mask = _mask_or_ones(get("attention_mask"), tokens)
+        elif name == "table":
+            if get("table_input_ids") is None:
+                return None
+            if get("table_entity_ids") is None:
+                raise ValueError(
+                    "`table_input_ids` need their `table_entity_ids` (the table roles come from them)"
+                )
+            roles = table_roles(get("table_entity_ids"))
+            tokens = self.embeddings["table"](get("table_input_ids"), "table_input_ids", roles)
+            mask = _mask_or_ones(get("table_attention_mask"), tokens)
+        elif name == "image":
+            if get("pixel_values") is not None and get("image_features") is not None:
+                raise ValueError("give either `pixel_values` or `image_features`, not both")
+            if get("pixel_values") is None and get("image_features") is None:
+                return None
+            tokens = self.embeddings["image"](get("pixel_values"), get("image_features"), get("image_boxes"))
+            mask = _with_cls(_mask_or_ones(get("image_mask"), tokens[:, 1:]))
+        elif name == "video":
+            if get("video_pixel_values") is not None and get("video_features") is not None:
+                raise ValueError("give either `video_pixel_values` or `video_features`, not both")
+            if get("video_pixel_values") is None and get("video_features") is None:
+                return None
+            tokens = self.embeddings["video"](get("video_pixel_values"), get("video_features"))
+            mask = _with_cls(_mask_or_ones(get("video_mask"), tokens[:, 1:]))
+        else:
+            if get("audio_features") is None:
+                return None
+            tokens = self.embeddings["audio"](get("audio_features"))
+            audio_mask = get("audio_mask")
+            if audio_mask is not None:
+                audio_mask = audio_group_mask(audio_mask, self.config.audio_subsampling)
+            mask = _with_cls(_mask_or_ones(audio_mask, tokens[:, 1:]))
+        has_content = mask[:, 1:].any(dim=-1) if name in ("image", "video", "audio") else mask.any(dim=-1)
+        return tokens, mask, has_content
+
+    def _encode_modality(self, name: str, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Run one modality encoder on the kept tokens. Token 0 always stays attendable inside its own
+        encoder: a sample lacking the modality attends to a zeroed token 0, not to an empty set (no NaN)."""
+        tokens = torch.where(keep[..., None], tokens, 0.0)
+        encoder_mask = torch.cat([torch.ones_like(keep[:, :1]), keep[:, 1:]], dim=1)
+        return self.encoders[name](tokens, encoder_mask)
+
+    def _encode(self, **inputs) -> _ScaleEncoding:
+        embedded = {name: self._embed(name, inputs) for name in MODALITIES}
+        given = [name for name in MODALITIES if embedded[name] is not None]
+        if not given:
+            raise ValueError(f"no modality inputs given; expected at least one of {MODALITIES}")
+        batch_size = embedded[given[0]][0].shape[0]
+        for name in given:
+            if embedded[name][0].shape[0] != batch_size:
+                raise ValueError(
+                    f"batch size mismatch: {name} inputs have {embedded[name][0].shape[0]} samples, "
+                    f"{given[0]} inputs have {batch_size}"
+                )
+        device = embedded[given[0]][0].device
+
+        present = torch.zeros(batch_size, len(MODALITIES), dtype=torch.bool, device=device)
+        for name in given:
+            present[:, MODALITIES.index(name)] = embedded[name][2]
+        modality_mask = inputs.get("modality_mask")
+        if modality_mask is not None:
+            if tuple(modality_mask.shape) != (batch_size, len(MODALITIES)):
+                raise ValueError(
+                    f"`modality_mask` must be ({batch_size}, {len(MODALITIES)}), "
+                    f"got {tuple(modality_mask.shape)}"
+                )
+            present = present & modality_mask.bool()
+
+        fusion_tokens, fusion_masks, spans, token_keep = [], [], {}, {}
+        modality_embeds, first_tokens, start = [], [], 0
+        projection_dim = self.config.projection_dim
+        for index, name in enumerate(MODALITIES):
+            if embedded[name] is None:
+                modality_embeds.append(torch.zeros(batch_size, projection_dim, device=device))
+                continue
+            tokens, mask, _ = embedded[name]
+            keep = mask & present[:, index, None]
+            hidden = self._encode_modality(name, tokens, keep)
+            feature = self.contrastive_projections[name](hidden[:, 0])
+            modality_embeds.append(torch.where(present[:, index, None], feature, 0.0))
+            fusion_tokens.append(hidden + self.modality_type_embeddings.weight[index])
+            fusion_masks.append(keep)
+            token_keep[name] = keep
+            spans[name] = (start, start + hidden.shape[1])
+            first_tokens.append(start)
+            start += hidden.shape[1]
+
+        fusion_mask = torch.cat(fusion_masks, dim=1)
+        fused = self.fusion_encoder(torch.cat(fusion_tokens, dim=1), fusion_mask)
+        fused = torch.where(fusion_mask[..., None], fused, 0.0)
+
+        given_present = present[:, [MODALITIES.index(name) for name in given]]
+        summed = (fused[:, first_tokens] * given_present[..., None]).sum(dim=1)
+        pooled = summed / given_present.sum(dim=1, keepdim=True).clamp(min=1)
+        product_embeds = self.product_projection(pooled)
+
+        modality_embeds = torch.stack(modality_embeds, dim=1)
+        alignment = alignment_scores(
+            modality_embeds, present, self.config.alignment, self.alignment_parameter
+        )
+        return _ScaleEncoding(
+            fused=fused,
+            fusion_mask=fusion_mask,
+            spans=spans,
+            token_keep=token_keep,
+            modality_embeds=modality_embeds,
+            modality_mask=present,
+            alignment=alignment,
+            product_embeds=product_embeds,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        table_input_ids: torch.LongTensor | None = None,
+        table_attention_mask: torch.Tensor | None = None,
+        table_entity_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        image_boxes: torch.FloatTensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        video_pixel_values: torch.FloatTensor | None = None,
+        video_features: torch.FloatTensor | None = None,
+        video_mask: torch.Tensor | None = None,
+        audio_features: torch.FloatTensor | None = None,
+        audio_mask: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+    ) -> ScaleModelOutput:
+        r"""
+        Any subset of modalities may be given (see the shared inputs contract); `modality_mask` (B, 5) narrows
+        which modalities each sample has. Without it, a sample has a given modality when its mask has any 1.
+        """
+        arguments = locals()
+        return self._encode(**{name: arguments[name] for name in MODEL_INPUT_NAMES}).model_output()
+
+    def get_product_embeddings(self, **inputs) -> torch.Tensor:
+        """(B, projection_dim) fused product embeddings of whatever modalities are given / unmasked."""
+        return self._encode(**inputs).product_embeds
+
+    def _modality_features(self, name: str, inputs: dict) -> torch.Tensor:
+        """Contrastive feature of one modality alone (its encoder and projection only, no JCT)."""
+        embedded = self._embed(name, inputs)
+        if embedded is None:
+            raise ValueError(f"no {name} inputs given")
+        tokens, mask, has_content = embedded
+        hidden = self._encode_modality(name, tokens, mask & has_content[:, None])
+        return torch.where(has_content[:, None], self.contrastive_projections[name](hidden[:, 0]), 0.0)
+
+    def get_text_features(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self._modality_features("text", {"input_ids": input_ids, "attention_mask": attention_mask})
+
+    def get_table_features(
+        self,
+        table_input_ids: torch.LongTensor,
+        table_entity_ids: torch.LongTensor,
+        table_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self._modality_features(
+            "table",
+            {
+                "table_input_ids": table_input_ids,
+                "table_entity_ids": table_entity_ids,
+                "table_attention_mask": table_attention_mask,
+            },
+        )
+
+    def get_image_features(
+        self,
+        pixel_values: torch.FloatTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        image_boxes: torch.FloatTensor | None = None,
+        image_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self._modality_features(
+            "image",
+            {
+                "pixel_values": pixel_values,
+                "image_features": image_features,
+                "image_boxes": image_boxes,
+                "image_mask": image_mask,
+            },
+        )
+
+    def get_video_features(
+        self,
+        video_pixel_values: torch.FloatTensor | None = None,
+        video_features: torch.FloatTensor | None = None,
+        video_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self._modality_features(
+            "video",
+            {
+                "video_pixel_values": video_pixel_values,
+                "video_features": video_features,
+                "video_mask": video_mask,
+            },
+        )
+
+    def get_audio_features(
+        self, audio_features: torch.FloatTensor, audio_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self._modality_features("audio", {"audio_features": audio_features, "audio_mask": audio_mask})
+
+
+def _mask_or_ones(mask: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
+    if mask is None:
+        return torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+    if tuple(mask.shape) != tuple(tokens.shape[:2]):
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not match tokens {tuple(tokens.shape[:2])}")
+    return mask.bool()
+
+
+def _with_cls(mask: torch.Tensor) -> torch.Tensor:
+    return torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of `values` where `mask`; 0 (with zero gradient) when nothing is selected. No host-device sync."""
+    mask = mask.bool()
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+class ScaleForPreTraining(ScalePreTrainedModel):
+    """SCALE with the five masked tasks (MLM, MEM, MRP, MFP, MAM) and SIMCL, weighted by S as in Eq. 3."""
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__(config)
+        self.scale = ScaleModel(config)
+        patch_pixels = config.num_channels * config.patch_size**2
+        pooled_frame = config.num_channels * (config.image_size // config.patch_size) ** 2
+        self.mlm_head = ScalePredictionHead(config, config.vocab_size)
+        self.mem_head = ScalePredictionHead(config, config.vocab_size)
+        self.image_pixel_head = ScalePredictionHead(config, patch_pixels)
+        self.image_feature_head = ScalePredictionHead(config, config.image_feature_dim)
+        self.video_pixel_head = ScalePredictionHead(config, pooled_frame)
+        self.video_feature_head = ScalePredictionHead(config, config.video_feature_dim)
+        self.audio_head = ScalePredictionHead(config, config.audio_subsampling * config.audio_feature_dim)
+        self.post_init()
+
+    def _token_loss(
+        self,
+        name: str,
+        encoding: _ScaleEncoding,
+        head: nn.Module,
+        labels: torch.Tensor,
+        weight: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = encoding.spans[name]
+        logits = head(encoding.fused[:, start:end])
+        if weight is not None:
+            logits = logits * weight[:, None, None].to(logits.dtype)
+        counted = (labels != -100) & encoding.token_keep[name]
+        per_token = F.cross_entropy(
+            logits.float().transpose(1, 2), torch.where(counted, labels, 0), reduction="none"
+        )
+        return _masked_mean(per_token, counted), logits
+
+    def _regression_loss(
+        self,
+        name: str,
+        encoding: _ScaleEncoding,
+        head: nn.Module,
+        targets: torch.Tensor,
+        positions: torch.Tensor,
+        weight: torch.Tensor | None,
+    ) -> torch.Tensor:
+        start, end = encoding.spans[name]
+        predictions = head(encoding.fused[:, start + 1 : end])  # the model's CLS is never masked
+        if weight is not None:
+            predictions = predictions * weight[:, None, None].to(predictions.dtype)
+        if tuple(positions.shape) != tuple(predictions.shape[:2]):
+            raise ValueError(
+                f"`masked_{name}_positions` must be {tuple(predictions.shape[:2])} "
+                f"(one flag per {name} token), got {tuple(positions.shape)}"
+            )
+        if targets.shape[-1] != predictions.shape[-1] or targets.shape[1] != predictions.shape[1]:
+            raise ValueError(
+                f"`{name}_targets` give {tuple(targets.shape[1:])} raw tokens, the {name} tokens are "
+                f"{tuple(predictions.shape[1:])}"
+            )
+        counted = positions.bool() & encoding.token_keep[name][:, 1:]
+        difference = torch.where(counted[..., None], predictions.float() - targets.float(), 0.0)
+        return _masked_mean(difference.pow(2).mean(dim=-1), counted)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        table_input_ids: torch.LongTensor | None = None,
+        table_attention_mask: torch.Tensor | None = None,
+        table_entity_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        image_boxes: torch.FloatTensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        video_pixel_values: torch.FloatTensor | None = None,
+        video_features: torch.FloatTensor | None = None,
+        video_mask: torch.Tensor | None = None,
+        audio_features: torch.FloatTensor | None = None,
+        audio_mask: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        table_labels: torch.LongTensor | None = None,
+        masked_image_positions: torch.Tensor | None = None,
+        image_targets: torch.FloatTensor | None = None,
+        masked_video_positions: torch.Tensor | None = None,
+        video_targets: torch.FloatTensor | None = None,
+        masked_audio_positions: torch.Tensor | None = None,
+        audio_targets: torch.FloatTensor | None = None,
+    ) -> ScaleForPreTrainingOutput:
+        r"""
+        labels (`(B, Lt)`), table_labels (`(B, Ltab)`): MLM / MEM targets, -100 where not masked.
+        masked_{image,video,audio}_positions (`(B, N)` bool) and {image,video,audio}_targets (unmasked copy of
+        the input tensor): MRP / MFP / MAM. The targets are turned into raw token vectors with the functions
+        the model embeds its inputs with; the loss is the MSE over the masked, present tokens.
+
+        With `config.use_simcl`, S weights every term as in Eq. 3: the logits of pair (i, j) are scaled by
+        S[i, j] (i < j) and the logits of modality i's masked task by S[i, i]; for the regression tasks the
+        "logits" are the predicted raw tokens.
+        """
+        arguments = locals()
+        encoding = self.scale._encode(**{name: arguments[name] for name in MODEL_INPUT_NAMES})
+        scores = encoding.alignment if self.config.use_simcl else None
+
+        def weight(name: str) -> torch.Tensor | None:
+            index = MODALITIES.index(name)
+            return None if scores is None else scores[:, index, index]
+
+        zero = encoding.fused.new_zeros((), dtype=torch.float32)
+        terms = dict.fromkeys(("mlm_loss", "mem_loss", "mrp_loss", "mfp_loss", "mam_loss"), zero)
+        mlm_logits = mem_logits = None
+        if labels is not None and "text" in encoding.spans:
+            terms["mlm_loss"], mlm_logits = self._token_loss(
+                "text", encoding, self.mlm_head, labels, weight("text")
+            )
+        if table_labels is not None and "table" in encoding.spans:
+            terms["mem_loss"], mem_logits = self._token_loss(
+                "table", encoding, self.mem_head, table_labels, weight("table")
+            )
+        patch_size = self.config.patch_size
+        if masked_image_positions is not None and image_targets is not None and "image" in encoding.spans:
+            if pixel_values is not None:
+                head, targets = self.image_pixel_head, image_patch_vectors(image_targets, patch_size)
+            else:
+                head, targets = self.image_feature_head, image_targets
+            terms["mrp_loss"] = self._regression_loss(
+                "image", encoding, head, targets, masked_image_positions, weight("image")
+            )
+        if masked_video_positions is not None and video_targets is not None and "video" in encoding.spans:
+            if video_pixel_values is not None:
+                head, targets = self.video_pixel_head, video_frame_vectors(video_targets, patch_size)
+            else:
+                head, targets = self.video_feature_head, video_targets
+            terms["mfp_loss"] = self._regression_loss(
+                "video", encoding, head, targets, masked_video_positions, weight("video")
+            )
+        if masked_audio_positions is not None and audio_targets is not None and "audio" in encoding.spans:
+            targets = audio_group_vectors(audio_targets, self.config.audio_subsampling)
+            terms["mam_loss"] = self._regression_loss(
+                "audio", encoding, self.audio_head, targets, masked_audio_positions, weight("audio")
+            )
+        terms["contrastive_loss"] = simcl_contrastive_loss(
+            encoding.modality_embeds,
+            encoding.modality_mask,
+            self.config.temperature,
+            self.config.contrastive_denominator,
+            scores,
+        )
+        model_output = encoding.model_output()
+        return ScaleForPreTrainingOutput(
+            loss=sum(terms.values()),
+            **terms,
+            mlm_logits=mlm_logits,
+            mem_logits=mem_logits,
+            product_embeds=model_output.product_embeds,
+            **{f"{name}_embeds": model_output[f"{name}_embeds"] for name in MODALITIES},
+            alignment_scores=model_output.alignment_scores,
+            modality_mask=model_output.modality_mask,
+        )
+
+
+class ScaleForProductClassification(ScalePreTrainedModel):
+    """SCALE with a linear classifier on the fused `product_embeds` (M5Product's category classification)."""
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__(config)
+        self.scale = ScaleModel(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.projection_dim, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        table_input_ids: torch.LongTensor | None = None,
+        table_attention_mask: torch.Tensor | None = None,
+        table_entity_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_features: torch.FloatTensor | None = None,
+        image_boxes: torch.FloatTensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        video_pixel_values: torch.FloatTensor | None = None,
+        video_features: torch.FloatTensor | None = None,
+        video_mask: torch.Tensor | None = None,
+        audio_features: torch.FloatTensor | None = None,
+        audio_mask: torch.Tensor | None = None,
+        modality_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+    ) -> SequenceClassifierOutput:
+        r"""
+        labels (`(B,)`): class ids; the loss is their cross-entropy.
+        """
+        arguments = locals()
+        product_embeds = self.scale._encode(
+            **{name: arguments[name] for name in MODEL_INPUT_NAMES}
+        ).product_embeds
+        logits = self.classifier(self.dropout(product_embeds))
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+ScaleModel.register_for_auto_class("AutoModel")
+ScaleForPreTraining.register_for_auto_class("AutoModelForPreTraining")
+ScaleForProductClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+__all__ = [
+    "MODEL_INPUT_NAMES",
+    "ScaleForPreTraining",
+    "ScaleForPreTrainingOutput",
+    "ScaleForProductClassification",
+    "ScaleModel",
+    "ScaleModelOutput",
+    "ScalePreTrainedModel",
+    "audio_group_mask",
+    "audio_group_vectors",
+    "image_patch_vectors",
+    "video_frame_vectors",
+]

@@ -1,0 +1,186 @@
+"""SIMCL (Self-harmonized Inter-Modality Contrastive Learning): alignment matrix S and pairwise losses.
+
+Everything that couples modalities *through the loss* lives here, batched and free of host-device syncs:
+
+- `alignment_scores` builds S (B, M, M) per sample, in the released code's "feature" mode or the paper's
+  "learned" mode, with missing modalities excluded before the softmax and their rows/columns zeroed.
+- `pairwise_contrastive_loss` is the paper's Eq. 2 (denominator = the 2(N-1) cross-modal negatives only) or
+  the standard symmetric InfoNCE, optionally with each sample's logits scaled by S[i, j] (Eq. 3).
+- `simcl_contrastive_loss` averages it over the modality pairs that have at least one usable sample.
+- `gather_with_grad` brings the negatives of every process into the loss (as FLAVA does), keeping gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import distributed as dist
+
+from .configuration_scale import ALIGNMENT_MODES, CONTRASTIVE_DENOMINATORS
+
+
+def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last dim restricted to `mask`; rows without any allowed entry become all zeros.
+
+    A large finite negative (not -inf) keeps fully masked rows and their gradients finite.
+    """
+    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    return torch.softmax(filled, dim=-1) * mask
+
+
+def alignment_scores(
+    modality_embeds: torch.Tensor,
+    modality_mask: torch.Tensor,
+    mode: str = "feature",
+    alignment_parameter: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The modality alignment matrix S of SIMCL, one (M, M) matrix per sample.
+
+    Args:
+        modality_embeds: (B, M, P) pooled per-modality features (rows of missing modalities are ignored).
+        modality_mask: (B, M) 1 where the sample has the modality.
+        mode: `"feature"` — as the authors' released code: S = cos(f_i, f_j) per sample,
+            S <- S * softmax(S, -1), rows L2-normalised. `"learned"` — as the paper's text: a free (M, M)
+            parameter S, S <- S * softmax(S, -1), multiplied by the number k of modalities present in the
+            row, so that the all-ones initialisation (`ScalePreTrainedModel._init_weights`) weights every term
+            by exactly 1. The paper's zero initialisation makes S * softmax(S) = 0, which zeroes every logit:
+            the encoders get no gradient and S only drifts on noise until it leaves 0.
+        alignment_parameter: (M, M) learnable scores, required for `"learned"`.
+
+    Returns:
+        (B, M, M) S in float32; rows and columns of missing modalities are zero, and a missing modality never
+        enters another modality's softmax.
+    """
+    pair_mask = modality_mask.bool()[:, :, None] & modality_mask.bool()[:, None, :]
+    if mode == "feature":
+        features = F.normalize(modality_embeds.float(), dim=-1)
+        scores = features @ features.transpose(1, 2)
+        harmonised = scores * _masked_softmax(scores, pair_mask)
+        return F.normalize(harmonised, dim=-1)
+    if mode == "learned":
+        if alignment_parameter is None:
+            raise ValueError('alignment mode "learned" needs the (M, M) alignment_parameter')
+        scores = alignment_parameter.float().expand(pair_mask.shape)
+        present = pair_mask.sum(dim=-1, keepdim=True)
+        return scores * _masked_softmax(scores, pair_mask) * present
+    raise ValueError(f"alignment mode must be one of {ALIGNMENT_MODES}, got {mode!r}")
+
+
+def gather_with_grad(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Concatenate `tensor` (batch first) from every process, gradients flowing back to each process's part.
+
+    Returns the gathered tensor and the offset of this process's rows in it. Without an initialised process
+    group of more than one process, it is the identity (offset 0). All processes must pass the same batch
+    size.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor, 0
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor), dim=0), dist.get_rank() * tensor.shape[0]
+
+
+def pairwise_contrastive_loss(
+    embeds_a: torch.Tensor,
+    embeds_b: torch.Tensor,
+    valid: torch.Tensor,
+    temperature: float,
+    denominator: str = "negatives",
+    logit_scale: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Contrastive loss of one modality pair (a, b) over the samples that have both.
+
+    With sim = cosine / tau and sample i's row scaled by `logit_scale[i]` (S[i, a, b] of Eq. 3):
+
+    - `"negatives"` (paper Eq. 2): loss_i = -sim(a_i, b_i) + log( sum_{k != i} exp sim(a_i, b_k)
+      + sum_{k != i} exp sim(b_i, a_k) ), i.e. one loss per positive pair whose denominator holds only the
+      2(N-1) cross-modal negatives.
+    - `"all"` (standard symmetric InfoNCE, as CLIP): loss_i = 1/2 [CE(a_i -> b) + CE(b_i -> a)], each softmax
+      over the positive and the N-1 negatives.
+
+    Negatives come from every process (`gather_with_grad`); samples lacking a or b are neither anchors nor
+    negatives. An anchor needs at least one negative, so a pair with fewer than two usable samples gives 0.
+
+    Returns:
+        (mean loss over the usable local anchors in float32, number of those anchors as a float tensor).
+    """
+    if denominator not in CONTRASTIVE_DENOMINATORS:
+        raise ValueError(f"denominator must be one of {CONTRASTIVE_DENOMINATORS}, got {denominator!r}")
+    valid = valid.bool()
+    a = F.normalize(embeds_a.float(), dim=-1)
+    b = F.normalize(embeds_b.float(), dim=-1)
+    all_a, offset = gather_with_grad(a)
+    all_b, _ = gather_with_grad(b)
+    all_valid = gather_with_grad(valid.float())[0].bool()
+
+    local = torch.arange(a.shape[0], device=a.device)
+    positive_column = F.one_hot(local + offset, all_a.shape[0]).bool()  # (B, G)
+    scale = 1.0 if logit_scale is None else logit_scale.float()[:, None]
+    logits_ab = scale * (a @ all_b.T) / temperature  # a_i against every b_k
+    logits_ba = scale * (b @ all_a.T) / temperature  # b_i against every a_k
+    positive = (logits_ab * positive_column).sum(dim=-1)
+
+    candidates = all_valid[None, :]
+    negatives = candidates & ~positive_column
+    very_negative = torch.finfo(logits_ab.dtype).min
+    if denominator == "negatives":
+        denominator_logits = torch.cat(
+            [
+                logits_ab.masked_fill(~negatives, very_negative),
+                logits_ba.masked_fill(~negatives, very_negative),
+            ],
+            -1,
+        )
+        per_anchor = torch.logsumexp(denominator_logits, dim=-1) - positive
+    else:
+        log_z_ab = torch.logsumexp(logits_ab.masked_fill(~candidates, very_negative), dim=-1)
+        log_z_ba = torch.logsumexp(logits_ba.masked_fill(~candidates, very_negative), dim=-1)
+        per_anchor = 0.5 * (log_z_ab + log_z_ba) - positive
+
+    usable = valid & (all_valid.sum() >= 2)
+    count = usable.sum().float()
+    loss = torch.where(usable, per_anchor, 0.0).sum() / count.clamp(min=1.0)
+    return loss, count
+
+
+def simcl_contrastive_loss(
+    modality_embeds: torch.Tensor,
+    modality_mask: torch.Tensor,
+    temperature: float,
+    denominator: str = "negatives",
+    alignment: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SIMCL's inter-modality term: the mean of `pairwise_contrastive_loss` over the M(M-1)/2 modality pairs.
+
+    Args:
+        modality_embeds: (B, M, P) contrastive features of every modality.
+        modality_mask: (B, M) which modalities each sample has.
+        alignment: (B, M, M) S; pair (i, j) with i < j has its logits scaled by S[:, i, j] (Eq. 3). `None`
+            gives the unweighted loss (the `use_simcl=False` ablation).
+
+    Pairs without any usable sample (in this process) are left out of the mean; 0 when no pair is usable.
+    """
+    num_modalities = modality_embeds.shape[1]
+    pair_losses, pair_used = [], []
+    for i in range(num_modalities):
+        for j in range(i + 1, num_modalities):
+            loss, count = pairwise_contrastive_loss(
+                modality_embeds[:, i],
+                modality_embeds[:, j],
+                modality_mask[:, i].bool() & modality_mask[:, j].bool(),
+                temperature,
+                denominator,
+                None if alignment is None else alignment[:, i, j],
+            )
+            pair_losses.append(loss)
+            pair_used.append((count > 0).float())
+    used = torch.stack(pair_used)
+    return (torch.stack(pair_losses) * used).sum() / used.sum().clamp(min=1.0)
+
+
+__all__ = [
+    "alignment_scores",
+    "gather_with_grad",
+    "pairwise_contrastive_loss",
+    "simcl_contrastive_loss",
+]
