@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
@@ -38,11 +39,18 @@ def describe_source(source: Any) -> str:
         return f"{len(source)} bytes"
     if isinstance(source, (np.ndarray, torch.Tensor)):
         return f"{type(source).__name__} of shape {tuple(source.shape)}"
-    for attribute in ("filename", "_source", "source"):
-        name = getattr(source, attribute, None)
-        if isinstance(name, (str, os.PathLike)):
-            return f"{type(source).__name__} of {os.fspath(name)!r}"
+    encoded = getattr(source, "_hf_encoded", None)  # set by `datasets` on the decoders its features yield
+    if isinstance(encoded, Mapping) and encoded.get("path"):
+        return f"{type(source).__name__} of file {encoded['path']!r}"
     return f"object of type {type(source).__name__}"
+
+
+def _first_line(error: Exception) -> str:
+    """FFmpeg / torchcodec errors carry a bug-report footer; the first line says what went wrong."""
+    text = str(error).strip()
+    if not text:
+        return type(error).__name__
+    return re.sub(r"^\w+, \S+:\d+, ", "", text.splitlines()[0])  # drop "Class, /src/file.cpp:52, "
 
 
 def _file_or_bytes(source: Any) -> str | bytes | None:
@@ -83,7 +91,7 @@ def load_image(source: Any) -> PIL.Image.Image | np.ndarray | torch.Tensor:
         image.load()
         return image.convert("RGB")
     except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
-        raise MediaDecodingError(f"cannot decode image: {error}") from error
+        raise MediaDecodingError(f"cannot decode image: {_first_line(error)}") from error
 
 
 # ------------------------------------------------------------------------------------------------------ video
@@ -155,11 +163,11 @@ def load_video_frames(source: Any, fps: float, max_frames: int) -> np.ndarray:
         try:
             decoder = VideoDecoder(encoded, dimension_order="NHWC", seek_mode="approximate")
         except (RuntimeError, ValueError) as error:
-            raise MediaDecodingError(f"cannot open video: {error}") from error
+            raise MediaDecodingError(f"cannot open video: {_first_line(error)}") from error
     try:
         return _sample_decoder_frames(decoder, fps, max_frames)
     except (RuntimeError, IndexError) as error:
-        raise MediaDecodingError(f"cannot decode video frames: {error}") from error
+        raise MediaDecodingError(f"cannot decode video frames: {_first_line(error)}") from error
 
 
 # ------------------------------------------------------------------------------------------------------ audio
@@ -203,7 +211,7 @@ def load_audio(source: Any, sampling_rate: int, max_seconds: float | None) -> np
         try:
             samples = source.get_samples_played_in_range(start_seconds=0.0, stop_seconds=stop)
         except (RuntimeError, ValueError) as error:
-            raise MediaDecodingError(f"cannot decode audio: {error}") from error
+            raise MediaDecodingError(f"cannot decode audio: {_first_line(error)}") from error
         waveform = resample(_to_mono(samples.data.numpy()), samples.sample_rate, sampling_rate)
     elif isinstance(source, Mapping) and "array" in source:
         if "sampling_rate" not in source:
@@ -226,7 +234,7 @@ def load_audio(source: Any, sampling_rate: int, max_seconds: float | None) -> np
             decoder = AudioDecoder(encoded, sample_rate=sampling_rate, num_channels=1)
             samples = decoder.get_samples_played_in_range(start_seconds=0.0, stop_seconds=stop)
         except (RuntimeError, ValueError) as error:
-            raise MediaDecodingError(f"cannot decode audio: {error}") from error
+            raise MediaDecodingError(f"cannot decode audio: {_first_line(error)}") from error
         waveform = _to_mono(samples.data.numpy())
     if stop is not None:
         waveform = waveform[: int(round(stop * sampling_rate))]
