@@ -176,7 +176,7 @@ def plan_sample(num_items: int, seed: int) -> tuple[list[ItemPlan], dict[tuple[s
         hue = (COLOURS[category.colour] + rng.uniform(-0.06, 0.06)) % 1.0
         shape = str(rng.choice(SHAPES))
         frequency = float(rng.uniform(*PITCHES[category.pitch]))
-        video_colour = tuple(int(c) for c in rng.integers(40, 220, size=3))
+        video_colour = tuple(int(c) for c in rng.integers(140, 256, size=3))
         ids = []
         for _ in range(listings):
             item_index = len(items)
@@ -257,7 +257,7 @@ def render_video_frames(plan: ItemPlan, rng: np.random.Generator) -> np.ndarray:
     """A square crossing the frame horizontally; its direction is the category's motion factor."""
     num_frames = int(plan.duration * VIDEO_FPS)
     size, side = VIDEO_SIZE, 16
-    background = rng.integers(20, 90, size=3).astype(np.float32)
+    background = rng.integers(10, 80, size=3).astype(np.float32)
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     travel = (size - side) * plan.video_speed
     start = (size - side - travel) / 2
