@@ -118,9 +118,23 @@ class ScaleConfig(PreTrainedConfig):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self._check_consistency()
 
+    def _get_generation_parameters(self) -> dict:
+        """`temperature` is SIMCL's InfoNCE temperature, not a sampling setting: keep it out of the check that
+        stops generation settings from being saved in a model config."""
+        parameters = super()._get_generation_parameters()
+        parameters.pop("temperature", None)
+        return parameters
+
     @property
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    def _get_generation_parameters(self) -> dict:
+        """`temperature` is SIMCL's InfoNCE temperature, not a generation setting: without this, transformers'
+        check that generation parameters live in `generation_config` makes `save_pretrained` raise."""
+        return {}
+
+    _get_non_default_generation_parameters = _get_generation_parameters  # the same check's name before 5.x
 
     def _check_consistency(self) -> None:
         problems = []

@@ -118,9 +118,9 @@ class ScaleSelfAttention(nn.Module):
         additive_mask = torch.zeros(token_mask.shape, dtype=query.dtype, device=query.device)
         additive_mask = additive_mask.masked_fill(~token_mask, torch.finfo(query.dtype).min)[:, None, None, :]
 
-        attention_interface: Callable = eager_attention_forward
-        if self.config._attn_implementation != "eager":
-            attention_interface = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
         attn_output, _ = attention_interface(
             self,
             query,
@@ -279,15 +279,19 @@ class ScaleImageEmbeddings(nn.Module):
 
 
 class ScaleVideoEmbeddings(nn.Module):
-    """Frames -> one token each: per-frame patch embedding mean-pooled (own weights), or a frame feature."""
+    """Frames -> one token each: the frame average-pooled by the patch size -> Linear, or a per-frame feature.
+
+    The pooled frame keeps the frame's layout at 1/patch_size resolution and is exactly the raw token that MFP
+    reconstructs; the video encoder shares no weights with the image encoder.
+    """
 
     def __init__(self, config: ScaleConfig):
         super().__init__()
         self.image_size = config.image_size
+        self.patch_size = config.patch_size
         self.cls_embedding = nn.Parameter(torch.zeros(config.hidden_size))
-        self.frame_patch_embedding = nn.Conv2d(
-            config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
-        )
+        pooled_frame_size = config.num_channels * (config.image_size // config.patch_size) ** 2
+        self.frame_projection = nn.Linear(pooled_frame_size, config.hidden_size)
         self.feature_projection = nn.Linear(config.video_feature_dim, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_video_frames + 1, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -302,11 +306,8 @@ class ScaleVideoEmbeddings(nn.Module):
                     f"`video_pixel_values` frames are {tuple(video_pixel_values.shape[-2:])}, "
                     f"config.image_size is {self.image_size}"
                 )
-            batch, frames = video_pixel_values.shape[:2]
-            patches = self.frame_patch_embedding(
-                video_pixel_values.flatten(0, 1).to(self.frame_patch_embedding.weight.dtype)
-            )
-            tokens = patches.flatten(2).mean(dim=-1).reshape(batch, frames, -1)
+            frames = video_frame_vectors(video_pixel_values, self.patch_size)
+            tokens = self.frame_projection(frames.to(self.frame_projection.weight.dtype))
             field = "video_pixel_values"
         else:
             tokens = self.feature_projection(video_features)
@@ -630,10 +631,12 @@ class ScaleModel(ScalePreTrainedModel):
         else:
             if get("audio_features") is None:
                 return None
-            tokens = self.embeddings["audio"](get("audio_features"))
-            audio_mask = get("audio_mask")
+            audio_features, audio_mask = get("audio_features"), get("audio_mask")
             if audio_mask is not None:
+                # padding frames inside a partly valid group must not leak into its token
+                audio_features = torch.where(audio_mask.bool()[..., None], audio_features, 0.0)
                 audio_mask = audio_group_mask(audio_mask, self.config.audio_subsampling)
+            tokens = self.embeddings["audio"](audio_features)
             mask = _with_cls(_mask_or_ones(audio_mask, tokens[:, 1:]))
         has_content = mask[:, 1:].any(dim=-1) if name in ("image", "video", "audio") else mask.any(dim=-1)
         return tokens, mask, has_content
@@ -871,7 +874,10 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         targets: torch.Tensor,
         positions: torch.Tensor,
         weight: torch.Tensor | None,
+        element_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """MSE over the masked tokens of present samples; `element_mask` (B, N, D) leaves out the padded parts
+        of a token (the padding frames of a partly valid audio group)."""
         start, end = encoding.spans[name]
         predictions = head(encoding.fused[:, start + 1 : end])  # the model's CLS is never masked
         if weight is not None:
@@ -887,8 +893,12 @@ class ScaleForPreTraining(ScalePreTrainedModel):
                 f"{tuple(predictions.shape[1:])}"
             )
         counted = positions.bool() & encoding.token_keep[name][:, 1:]
-        difference = torch.where(counted[..., None], predictions.float() - targets.float(), 0.0)
-        return _masked_mean(difference.pow(2).mean(dim=-1), counted)
+        elements = counted[..., None].expand(predictions.shape)
+        if element_mask is not None:
+            elements = elements & element_mask.bool()
+        difference = torch.where(elements, predictions.float() - targets.float(), 0.0)
+        per_token = difference.pow(2).sum(dim=-1) / elements.sum(dim=-1).clamp(min=1)
+        return _masked_mean(per_token, counted)
 
     def forward(
         self,
@@ -963,9 +973,19 @@ class ScaleForPreTraining(ScalePreTrainedModel):
                 "video", encoding, head, targets, masked_video_positions, weight("video")
             )
         if masked_audio_positions is not None and audio_targets is not None and "audio" in encoding.spans:
-            targets = audio_group_vectors(audio_targets, self.config.audio_subsampling)
+            group = self.config.audio_subsampling
+            targets = audio_group_vectors(audio_targets, group)
+            frame_valid = None
+            if audio_mask is not None:
+                frame_valid = audio_group_vectors(audio_mask[..., None].expand(audio_targets.shape), group)
             terms["mam_loss"] = self._regression_loss(
-                "audio", encoding, self.audio_head, targets, masked_audio_positions, weight("audio")
+                "audio",
+                encoding,
+                self.audio_head,
+                targets,
+                masked_audio_positions,
+                weight("audio"),
+                frame_valid,
             )
         terms["contrastive_loss"] = simcl_contrastive_loss(
             encoding.modality_embeds,
