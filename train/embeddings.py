@@ -1,0 +1,94 @@
+"""Batched product-embedding extraction, shared by evaluation and the demo's gallery index.
+
+```python
+from train.embeddings import extract_embeddings
+
+gallery = load_dataset("outputs/m5product", "retrieval_coarse", split="gallery")
+result = extract_embeddings(model, processor, gallery, modalities=("text", "image"), batch_size=64)
+result["product_embeds"]  # (N, projection_dim) float32 numpy, L2-normalised
+result["item_ids"]        # the N item ids, in dataset order
+```
+
+A modality subset is evaluated by leaving the other modalities out of the processor call, so they are never
+decoded and their `modality_mask` column is 0 (the model ignores them). Extraction runs under `torch.no_grad`
+in eval mode, on the GPU when one is present (bf16 autocast there), with the processor in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from modeling_scale import MODALITIES
+from train.data import ScaleBatchCollator, model_inputs, only_columns_of
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def extract_embeddings(
+    model: torch.nn.Module,
+    processor,
+    dataset,
+    modalities: Sequence[str] = MODALITIES,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    normalize: bool = True,
+    show_progress: bool = True,
+) -> dict[str, np.ndarray | list[str]]:
+    """
+    Product embeddings of every row of `dataset`, in order, using only `modalities`.
+
+    Args:
+        model: a `ScaleModel` or any `ScaleFor*` head model (its `base_model` is used).
+        processor: the `ScaleProcessor` saved with the model.
+        dataset: a map-style dataset (e.g. `datasets.Dataset`) of converted M5Product rows.
+        modalities: the modality combination to feed (paper Table 4); the rest are left out.
+        normalize: L2-normalise `product_embeds`, so that inner product = cosine similarity.
+
+    Returns:
+        `item_ids` (list of N str), `product_embeds` (N, P) float32, `alignment_scores` (N, 5, 5) float32
+        (the SIMCL matrix S of each item) and `modality_mask` (N, 5) int64 (modalities actually used).
+    """
+    device = torch.device(device) if device is not None else default_device()
+    dataset = only_columns_of(dataset, modalities)
+    encoder = model.base_model
+    was_training = encoder.training
+    encoder.eval().to(device)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=ScaleBatchCollator(processor, modalities),
+        persistent_workers=False,
+    )
+    item_ids: list[str] = []
+    embeds, scores, masks = [], [], []
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for batch in tqdm(loader, desc=f"embeddings {'+'.join(modalities)}", disable=not show_progress):
+        inputs = model_inputs(batch, device)
+        with autocast:
+            outputs = encoder(**inputs)
+        product = outputs.product_embeds.float()
+        if normalize:
+            product = torch.nn.functional.normalize(product, dim=-1)
+        embeds.append(product.cpu())
+        scores.append(outputs.alignment_scores.float().cpu())
+        masks.append(inputs["modality_mask"].cpu())
+        item_ids.extend(batch["item_ids"])
+    encoder.train(was_training)
+    return {
+        "item_ids": item_ids,
+        "product_embeds": torch.cat(embeds).numpy() if embeds else np.zeros((0, 0), np.float32),
+        "alignment_scores": torch.cat(scores).numpy() if scores else np.zeros((0, 5, 5), np.float32),
+        "modality_mask": torch.cat(masks).long().numpy() if masks else np.zeros((0, 5), np.int64),
+    }
+

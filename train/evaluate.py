@@ -1,0 +1,350 @@
+"""Reproduce the paper's evaluation (Tables 3-5) for a pretrained (and optionally a fine-tuned) SCALE.
+
+    python train/evaluate.py --model_dir outputs/pretrain --finetuned_dir outputs/finetune \
+        --data_dir outputs/m5product --output_dir outputs/eval
+
+For every modality combination (default: the paper's Table 3 sequence text -> +image -> +table -> +video ->
++audio; `--combinations table4` adds Table 4's), product embeddings are extracted once per model (batched,
+GPU when present) and give:
+
+- coarse retrieval (`retrieval_coarse`, same category = match) and fine-grained retrieval (`retrieval_fine`,
+  same product instance = match): mAP@1/5/10, Prec@1/5/10 (train/metrics.py; the authors' definitions);
+- classification accuracy: a linear probe (scikit-learn LogisticRegression on frozen pretrained
+  `product_embeds`, `classification` train -> test) and, with `--finetuned_dir`, the fine-tuned classifier;
+- k-means clustering (k = number of classes) of the `classification` test embeddings: NMI and Purity.
+
+Writes OUTPUT_DIR/results.json, OUTPUT_DIR/results.md (tables in the paper's layout), the t-SNE of Fig. 6
+(tsne.png) and a heat map of SIMCL's mean alignment matrix S (alignment_matrix.png), and adds the tables to
+the model cards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from modeling_scale import MODALITIES
+from train.components import DEFAULT_DATA_DIR, load_split
+from train.data import check_modalities
+from train.embeddings import default_device, extract_embeddings
+from train.metrics import clustering_metrics, linear_probe_accuracy, retrieval_metrics
+from train.model_card import write_model_card
+
+SHORT_NAMES = {"text": "T", "table": "Tab", "image": "I", "video": "V", "audio": "A"}
+TABLE3 = (("text",), ("text", "image"), ("text", "image", "table"), ("text", "image", "table", "video"),
+          ("text", "image", "table", "video", "audio"))
+TABLE4 = (
+    ("image", "table"), ("image", "video"), ("image", "audio"), ("image", "text"),
+    ("image", "text", "video"), ("image", "text", "audio"), ("image", "table", "video"),
+    ("image", "text", "table"), ("image", "text", "table", "video"), ("image", "table", "audio", "video"),
+    ("image", "text", "audio", "video"), ("image", "text", "table", "audio"),
+    ("image", "text", "table", "audio", "video"),
+)
+COMBINATION_SETS = {"table3": TABLE3, "table4": TABLE3 + tuple(c for c in TABLE4 if c not in TABLE3)}
+RETRIEVAL_COLUMNS = ("mAP@1", "mAP@5", "mAP@10", "Prec@1", "Prec@5", "Prec@10")
+
+
+def combination_name(modalities: Sequence[str]) -> str:
+    return "+".join(SHORT_NAMES[m] for m in modalities)
+
+
+def parse_combinations(text: str) -> list[tuple[str, ...]]:
+    """`table3`, `table4`, or `"text;text,image;..."`; each combination keeps the order given."""
+    if text in COMBINATION_SETS:
+        return list(COMBINATION_SETS[text])
+    combinations = []
+    for part in filter(None, text.split(";")):
+        names = tuple(name.strip() for name in part.split(","))
+        check_modalities(names)
+        combinations.append(names)
+    return combinations
+
+
+class SplitEmbeddings:
+    """Embeddings of every item the evaluation needs, extracted once per (model, combination): the splits
+    share items (e.g. the classification test set is the coarse retrieval pool on the sample), so the union
+    of their item ids is embedded and each split looks its rows up by item id."""
+
+    def __init__(self, data_dir: str, splits: Sequence[tuple[str, str]]):
+        from datasets import concatenate_datasets
+
+        self.splits = {key: load_split(data_dir, *key) for key in splits}
+        union, seen = [], set()
+        for dataset in self.splits.values():
+            keep = [i for i, item_id in enumerate(dataset["item_id"]) if item_id not in seen]
+            seen.update(dataset["item_id"])
+            union.append(dataset.select(keep))
+        self.items = concatenate_datasets(union) if len(union) > 1 else union[0]
+        self.labels = {key: np.asarray(dataset["label"]) for key, dataset in self.splits.items()}
+        self.instances = {key: np.asarray(dataset["instance_id"]) for key, dataset in self.splits.items()}
+        self.ids = {key: list(dataset["item_id"]) for key, dataset in self.splits.items()}
+
+    def embed(self, model, processor, modalities, args) -> dict[str, dict[str, np.ndarray]]:
+        result = extract_embeddings(
+            model, processor, self.items, modalities=modalities, batch_size=args.batch_size,
+            device=args.device, num_workers=args.num_workers, normalize=False,
+        )
+        row_of = {item_id: row for row, item_id in enumerate(result["item_ids"])}
+        per_split = {}
+        for key, ids in self.ids.items():
+            rows = np.array([row_of[item_id] for item_id in ids], dtype=np.int64)
+            per_split[key] = {name: result[name][rows] for name in ("product_embeds", "alignment_scores",
+                                                                     "modality_mask")}
+        return per_split
+
+
+def _normalised(embeds: np.ndarray) -> np.ndarray:
+    return embeds / np.maximum(np.linalg.norm(embeds, axis=1, keepdims=True), 1e-12)
+
+
+def retrieval_scores(data: SplitEmbeddings, embeds: dict, config: str, label_of: str, backend: str) -> dict:
+    query, gallery = (config, "query"), (config, "gallery")
+    labels = data.labels if label_of == "label" else data.instances
+    return retrieval_metrics(
+        _normalised(embeds[query]["product_embeds"]), labels[query],
+        _normalised(embeds[gallery]["product_embeds"]), labels[gallery],
+        query_ids=data.ids[query], gallery_ids=data.ids[gallery], backend=backend,
+    )
+
+
+def evaluate_pretrained(model, processor, data: SplitEmbeddings, combination, args) -> tuple[dict, dict]:
+    embeds = data.embed(model, processor, combination, args)
+    train_key, test_key = ("classification", "train"), ("classification", "test")
+    train_known, test_known = data.labels[train_key] >= 0, data.labels[test_key] >= 0
+    train_x = _normalised(embeds[train_key]["product_embeds"])[train_known]
+    test_x = _normalised(embeds[test_key]["product_embeds"])[test_known]
+    train_y, test_y = data.labels[train_key][train_known], data.labels[test_key][test_known]
+    scores = {
+        "coarse": retrieval_scores(data, embeds, "retrieval_coarse", "label", args.backend),
+        "fine": retrieval_scores(data, embeds, "retrieval_fine", "instance", args.backend),
+        "linear_probe_accuracy": linear_probe_accuracy(train_x, train_y, test_x, test_y),
+        "clustering": clustering_metrics(test_x, test_y, seed=args.seed),
+    }
+    return scores, embeds
+
+
+@torch.no_grad()
+def evaluate_finetuned(model, processor, data: SplitEmbeddings, combination, args) -> dict:
+    embeds = data.embed(model, processor, combination, args)
+    test_key = ("classification", "test")
+    known = data.labels[test_key] >= 0
+    features = torch.from_numpy(embeds[test_key]["product_embeds"][known]).to(args.device)
+    predictions = model.classifier(features.to(model.classifier.weight.dtype)).argmax(-1).cpu().numpy()
+    accuracy = 100.0 * float((predictions == data.labels[test_key][known]).mean())
+    return {
+        "accuracy": accuracy,
+        "coarse": retrieval_scores(data, embeds, "retrieval_coarse", "label", args.backend),
+        "fine": retrieval_scores(data, embeds, "retrieval_fine", "instance", args.backend),
+    }
+
+
+def _cell(first: float | None, second: float | None = None) -> str:
+    if second is None:
+        return "–" if first is None else f"{first:.2f}"
+    return f"{_cell(first)} / {_cell(second)}"
+
+
+def format_tables(results: dict) -> str:
+    """Markdown tables in the paper's layout (Table 3, Table 4, Table 5)."""
+    pretrained, finetuned = results["pretrained"], results.get("finetuned", {})
+    header = "| {} | Accuracy | " + " | ".join(RETRIEVAL_COLUMNS) + " |"
+    rule = "|" + "---|" * (2 + len(RETRIEVAL_COLUMNS))
+    lines = []
+
+    sequence = [c for c in results["combinations"] if tuple(c) in TABLE3]
+    if sequence:
+        lines += [
+            "**Table 3** — adding modalities (coarse retrieval, pretrain / finetune features; "
+            "accuracy: fine-tuned classifier, or the linear probe when no fine-tuned model is given)",
+            "", header.format("Modality"), rule,
+        ]
+        for index, combination in enumerate(sequence):
+            name = combination_name(combination)
+            label = SHORT_NAMES[combination[0]] if index == 0 else f"+{SHORT_NAMES[combination[-1]]}"
+            row_p, row_f = pretrained[name], finetuned.get(name)
+            accuracy = row_f["accuracy"] if row_f else row_p["linear_probe_accuracy"]
+            cells = [
+                _cell(row_p["coarse"][c], row_f["coarse"][c] if row_f else None) for c in RETRIEVAL_COLUMNS
+            ]
+            lines.append(f"| {label} | {_cell(accuracy)} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    lines += [
+        "**Table 4** — modality combinations (retrieval coarse / fine-grained, "
+        f"{'fine-tuned' if finetuned else 'pretrained'} features; accuracy: "
+        f"{'fine-tuned classifier' if finetuned else 'linear probe'})",
+        "", header.format("Modality Combinations"), rule,
+    ]
+    for combination in results["combinations"]:
+        name = combination_name(combination)
+        row = finetuned.get(name) or pretrained[name]
+        accuracy = row["accuracy"] if name in finetuned else row["linear_probe_accuracy"]
+        cells = [_cell(row["coarse"][c], row["fine"][c]) for c in RETRIEVAL_COLUMNS]
+        lines.append(f"| {name} | {_cell(accuracy)} | " + " | ".join(cells) + " |")
+    lines.append("")
+
+    lines += [
+        "**Table 5** — downstream tasks on pretrained features (mAP@1 coarse; accuracy: linear probe; "
+        "k-means NMI / Purity)", "",
+        "| Modalities | mAP@1 | Accuracy | NMI | Purity |", "|---|---|---|---|---|",
+    ]
+    for combination in results["combinations"]:
+        row = pretrained[combination_name(combination)]
+        lines.append(
+            f"| {combination_name(combination)} | {_cell(row['coarse']['mAP@1'])} | "
+            f"{_cell(row['linear_probe_accuracy'])} | {_cell(row['clustering']['NMI'])} | "
+            f"{_cell(row['clustering']['Purity'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def mean_alignment(embeds: dict) -> np.ndarray:
+    """Mean S[i, j] over the items that have both modalities i and j (NaN where no item has both)."""
+    scores = np.concatenate([split["alignment_scores"] for split in embeds.values()])
+    present = np.concatenate([split["modality_mask"] for split in embeds.values()]).astype(bool)
+    both = present[:, :, None] & present[:, None, :]
+    counts = both.sum(0)
+    return np.where(counts > 0, (scores * both).sum(0) / np.maximum(counts, 1), np.nan)
+
+
+def plot_alignment(matrix: np.ndarray, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4.6, 4))
+    image = axis.imshow(matrix, cmap="viridis")
+    axis.set_xticks(range(len(MODALITIES)), MODALITIES, rotation=45)
+    axis.set_yticks(range(len(MODALITIES)), MODALITIES)
+    for i in range(len(MODALITIES)):
+        for j in range(len(MODALITIES)):
+            if not np.isnan(matrix[i, j]):
+                axis.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+    axis.set_title("SIMCL alignment matrix S (mean)")
+    figure.colorbar(image, ax=axis)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def plot_tsne(embeds: np.ndarray, labels: np.ndarray, path: str, seed: int) -> None:
+    """Fig. 6: t-SNE of product embeddings, coloured by category (top-level group in the legend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30, max(2, (len(embeds) - 1) // 3)))
+    points = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(embeds)
+    figure, axis = plt.subplots(figsize=(6, 5))
+    axis.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab20", s=8)
+    axis.set_title(f"t-SNE of product embeddings ({len(np.unique(labels))} categories)")
+    axis.set_xticks([])
+    axis.set_yticks([])
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def load_model(path: str, head: str, device):
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoProcessor
+
+    auto = AutoModelForSequenceClassification if head == "classification" else AutoModel
+    model = auto.from_pretrained(path).to(device).eval()
+    return model, AutoProcessor.from_pretrained(path)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model_dir", default="outputs/pretrain", help="pretrained SCALE (save_pretrained)")
+    parser.add_argument("--finetuned_dir", default=None, help="fine-tuned ScaleForProductClassification")
+    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
+    parser.add_argument("--output_dir", default="outputs/eval")
+    parser.add_argument("--combinations", default="table3",
+                        help="table3, table4, or e.g. 'text;text,image;text,image,table'")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: cuda when available")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"],
+                        help="retrieval search: chunked exact torch (GPU) or FAISS (CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no_plots", action="store_true")
+    parser.add_argument("--no_model_card", action="store_true")
+    args = parser.parse_args(argv)
+    args.device = torch.device(args.device) if args.device else default_device()
+    return args
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    os.makedirs(args.output_dir, exist_ok=True)
+    start = time.perf_counter()
+    combinations = parse_combinations(args.combinations)
+    splits = [("retrieval_coarse", "query"), ("retrieval_coarse", "gallery"), ("retrieval_fine", "query"),
+              ("retrieval_fine", "gallery"), ("classification", "train"), ("classification", "test")]
+    data = SplitEmbeddings(args.data_dir, splits)
+    results: dict = {
+        "combinations": [list(c) for c in combinations], "pretrained": {}, "finetuned": {},
+        "model_dir": args.model_dir, "finetuned_dir": args.finetuned_dir, "data_dir": args.data_dir,
+        "split_sizes": {f"{c}/{s}": len(d) for (c, s), d in data.splits.items()},
+    }
+
+    model, processor = load_model(args.model_dir, "base", args.device)
+    full_embeds = None
+    for combination in combinations:
+        name = combination_name(combination)
+        results["pretrained"][name], embeds = evaluate_pretrained(model, processor, data, combination, args)
+        if len(combination) == max(len(c) for c in combinations):
+            full_embeds, full_name = embeds, name
+    del model
+
+    if args.finetuned_dir:
+        model, processor = load_model(args.finetuned_dir, "classification", args.device)
+        for combination in combinations:
+            results["finetuned"][combination_name(combination)] = evaluate_finetuned(
+                model, processor, data, combination, args
+            )
+        del model
+
+    if not args.no_plots and full_embeds is not None:
+        matrix = mean_alignment(full_embeds)
+        results["alignment_matrix"] = {"modalities": list(MODALITIES), "combination": full_name,
+                                       "mean_S": np.where(np.isnan(matrix), None, matrix).tolist()}
+        plot_alignment(matrix, os.path.join(args.output_dir, "alignment_matrix.png"))
+        test_key = ("classification", "test")
+        known = data.labels[test_key] >= 0
+        plot_tsne(_normalised(full_embeds[test_key]["product_embeds"])[known], data.labels[test_key][known],
+                  os.path.join(args.output_dir, "tsne.png"), args.seed)
+
+    results["seconds"] = round(time.perf_counter() - start, 1)
+    markdown = format_tables(results)
+    with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
+        json.dump(results, handle, indent=1)
+    with open(os.path.join(args.output_dir, "results.md"), "w") as handle:
+        handle.write(markdown)
+    if not args.no_model_card:
+        write_model_card(args.model_dir, task="pretraining", evaluation_markdown=markdown)
+        if args.finetuned_dir:
+            write_model_card(args.finetuned_dir, task="classification", evaluation_markdown=markdown)
+    return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    results = evaluate(args)
+    print(format_tables(results))
+    print(f"results in {args.output_dir}/results.{{json,md}} ({results['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

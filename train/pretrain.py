@@ -1,0 +1,157 @@
+"""Pretrain SCALE (MLM, MEM, MRP, MFP, MAM + SIMCL) on the converted M5Product `pretrain` split.
+
+    # one CPU / one GPU / several GPUs / several machines: only the accelerate config changes
+    accelerate launch --config_file train/configs/single_gpu.yaml train/pretrain.py \
+        --data_dir outputs/m5product --output_dir outputs/pretrain --model_config sample
+
+The text encoder (and the tokenizer) come from a BERT checkpoint (`--text_encoder`, default: the offline
+MiniLM-L6); every other part starts from scratch, as in the paper. Checkpoints (`accelerator.save_state`) go
+to OUTPUT_DIR/checkpoints/step_N; `--resume_from_checkpoint latest` continues exactly where a run stopped.
+The final model and processor are saved with `save_pretrained` in OUTPUT_DIR (loadable with
+`AutoModel.from_pretrained`), with a model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from modeling_scale import MODALITIES, ScaleForPreTraining
+from train.components import (
+    DEFAULT_DATA_DIR,
+    build_config,
+    build_processor,
+    corpus_texts,
+    default_text_encoder,
+    load_preset,
+    load_split,
+    parse_overrides,
+)
+from train.data import IndexedDataset, ScaleBatchCollator, check_modalities, only_columns_of
+from train.model_card import write_model_card
+from train.training_loop import add_training_arguments, make_accelerator, train
+from train.vocabulary import extend_vocabulary
+
+LOSS_NAMES = ("loss", "mlm_loss", "mem_loss", "mrp_loss", "mfp_loss", "mam_loss", "contrastive_loss")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="converted M5Product folder")
+    parser.add_argument("--output_dir", default="outputs/pretrain")
+    parser.add_argument("--model_config", default="sample", help="preset (paper, sample, tiny) or JSON file")
+    parser.add_argument("--config_overrides", default=None, help='e.g. "use_simcl=false,num_fusion_layers=4"')
+    parser.add_argument("--text_encoder", default=default_text_encoder(),
+                        help="BERT folder initialising the text encoder; 'none' to start from scratch")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --text_encoder's)")
+    parser.add_argument("--no_vocabulary_extension", action="store_true",
+                        help="do not append the corpus' CJK characters missing from the tokenizer")
+    parser.add_argument("--modalities", default=",".join(MODALITIES),
+                        help="comma-separated modalities to pretrain on (default: all five)")
+    add_training_arguments(parser)
+    args = parser.parse_args(argv)
+    args.modalities = check_modalities(args.modalities.split(","))
+    if args.text_encoder in (None, "none") and args.tokenizer is None:
+        parser.error("without --text_encoder, give --tokenizer (a BERT-style WordPiece tokenizer folder)")
+    return args
+
+
+def alignment_scalars(outputs, batch) -> dict[str, torch.Tensor]:
+    """Mean S[i, j] over the samples that have both modalities i and j (i <= j), for tracking."""
+    scores, present = outputs.alignment_scores.detach().float(), outputs.modality_mask.bool()
+    scalars = {}
+    for i, first in enumerate(MODALITIES):
+        for j in range(i, len(MODALITIES)):
+            both = present[:, i] & present[:, j]
+            if both.any():
+                scalars[f"S/{first}-{MODALITIES[j]}"] = scores[both, i, j].mean()
+    return scalars
+
+
+def build_tokenizer(args: argparse.Namespace, dataset):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.text_encoder)
+    added = 0
+    if not args.no_vocabulary_extension:
+        tokenizer, added = extend_vocabulary(tokenizer, corpus_texts(dataset))
+    return tokenizer, added
+
+
+def build_model(args: argparse.Namespace, config) -> ScaleForPreTraining:
+    model = ScaleForPreTraining(config)
+    if args.text_encoder not in (None, "none"):
+        from transformers import BertModel
+
+        bert = BertModel.from_pretrained(args.text_encoder)
+        if bert.config.vocab_size != config.vocab_size:
+            # appended characters get new rows; every pretrained row keeps its id
+            bert.resize_token_embeddings(config.vocab_size)
+        model.load_text_encoder_weights(bert)
+    return model
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    accelerator = make_accelerator(args)
+    from accelerate.utils import set_seed
+
+    set_seed(args.seed)
+    dataset = load_split(args.data_dir, "pretrain", "train")
+    preset = load_preset(args.model_config)
+    tokenizer, added_characters = build_tokenizer(args, dataset)
+    config = build_config(preset, len(tokenizer), parse_overrides(args.config_overrides))
+    processor = build_processor(tokenizer, config, preset["processor"])
+    model = build_model(args, config)
+    accelerator.print(
+        f"SCALE: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters; "
+        f"{len(dataset)} products; {added_characters} corpus characters added to the vocabulary; "
+        f"modalities {', '.join(args.modalities)}"
+    )
+
+    from modeling_scale.collator_scale import DataCollatorForScalePretraining
+
+    collate_fn = ScaleBatchCollator(
+        processor,
+        modalities=args.modalities,
+        pretraining_collator=DataCollatorForScalePretraining(processor, config=config),
+        seed=args.seed,
+    )
+    state = train(
+        args, accelerator, model, IndexedDataset(only_columns_of(dataset, args.modalities)), collate_fn,
+        loss_names=LOSS_NAMES, extra_scalars=alignment_scalars, tracker_project="scale_pretrain",
+    )
+
+    accelerator.wait_for_everyone()
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.save_pretrained(
+        args.output_dir,
+        is_main_process=accelerator.is_main_process,
+        save_function=accelerator.save,
+        state_dict=accelerator.get_state_dict(model),
+    )
+    if accelerator.is_main_process:
+        processor.save_pretrained(args.output_dir)
+        summary = {
+            "updates": state.global_step, "epochs_started": state.epoch + 1, "products": len(dataset),
+            "modalities": list(args.modalities), "model_config": args.model_config,
+            "config_overrides": args.config_overrides, "text_encoder": args.text_encoder,
+            "added_characters": added_characters, "seed": args.seed,
+            "per_device_batch_size": args.per_device_batch_size, "num_processes": accelerator.num_processes,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "learning_rate": args.learning_rate,
+        }
+        with open(os.path.join(args.output_dir, "training_summary.json"), "w") as handle:
+            json.dump(summary, handle, indent=1)
+        write_model_card(args.output_dir, task="pretraining", training=summary)
+    accelerator.wait_for_everyone()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
