@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import reprlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -119,7 +120,12 @@ class ScaleProcessor(ProcessorMixin):
 
     # ------------------------------------------------------------------------------------------- helpers
     def _decode_all(
-        self, modality: str, items: list[Any], loader: Callable[[Any], Any], on_error: str
+        self,
+        modality: str,
+        items: list[Any],
+        loader: Callable[[Any], Any],
+        on_error: str,
+        describe: Callable[[Any], str] = describe_source,
     ) -> list[Any]:
         """`loader` applied to every non-None item; failures raise or become None according to `on_error`."""
         decoded = []
@@ -130,7 +136,7 @@ class ScaleProcessor(ProcessorMixin):
             try:
                 decoded.append(loader(item))
             except Exception as error:
-                message = f"sample {index}: cannot process the {modality} ({describe_source(item)}): {error}"
+                message = f"sample {index}: cannot process the {modality} ({describe(item)}): {error}"
                 if on_error == "raise":
                     raise ScaleProcessingError(message) from error
                 logger.warning("%s; the sample's %s is treated as missing", message, modality)
@@ -173,10 +179,15 @@ class ScaleProcessor(ProcessorMixin):
         )
 
     def _tables(self, tables: list[Any], on_error: str) -> list[dict[str, list[int]] | None]:
-        rows = self._decode_all(
-            "table", tables, lambda table: self.table_processor([parse_table(table)])[0], on_error
+        # the converted dataset stores a missing table as an empty list
+        tables = [None if isinstance(table, (list, tuple)) and not table else table for table in tables]
+        return self._decode_all(
+            "table",
+            tables,
+            lambda table: self.table_processor([parse_table(table)])[0],
+            on_error,
+            describe=reprlib.repr,
         )
-        return rows
 
     def _images(self, images: list[Any]) -> np.ndarray:
         present = [image for image in images if image is not None]
@@ -214,7 +225,8 @@ class ScaleProcessor(ProcessorMixin):
 
         Args:
             text: captions.
-            tables: (key, value) pairs, `{"key", "value"}` dicts or `"prop#:#value#;#..."` strings.
+            tables: (key, value) pairs, `{"key", "value"}` dicts or `"prop#:#value#;#..."` strings; an empty
+                list means missing (the converted dataset's convention), a table without text is an error.
             images: PIL images, arrays (H, W, C or C, H, W), paths or encoded bytes.
             videos: paths, bytes, torchcodec `VideoDecoder`s, or decoded frames (T, H, W, C or T, C, H, W).
             audio: paths, bytes, torchcodec `AudioDecoder`s, `(array, sampling_rate)` tuples,
