@@ -129,13 +129,6 @@ class ScaleConfig(PreTrainedConfig):
     def num_patches(self) -> int:
         return (self.image_size // self.patch_size) ** 2
 
-    def _get_generation_parameters(self) -> dict:
-        """`temperature` is SIMCL's InfoNCE temperature, not a generation setting: without this, transformers'
-        check that generation parameters live in `generation_config` makes `save_pretrained` raise."""
-        return {}
-
-    _get_non_default_generation_parameters = _get_generation_parameters  # the same check's name before 5.x
-
     def _check_consistency(self) -> None:
         problems = []
         if self.hidden_size % self.num_attention_heads:
