@@ -1,0 +1,230 @@
+import json
+import os
+import shutil
+
+import pytest
+import yaml
+from datasets import load_dataset
+
+from dataset_script.convert import SUMMARY_FILE, convert
+from dataset_script.generate_sample import generate_sample
+from dataset_script.raw_layout import ANNOTATION_FILE, CONFIG_SPLITS, SPLIT_FILES, media_path, read_split_ids
+
+ITEMS_PER_SHARD = 10
+
+
+@pytest.fixture(scope="module")
+def tiny_raw(tmp_path_factory):
+    raw_dir = str(tmp_path_factory.mktemp("raw"))
+    generate_sample(raw_dir, "tiny", seed=0, num_proc=1)
+    return raw_dir
+
+
+@pytest.fixture(scope="module")
+def converted(tiny_raw, tmp_path_factory):
+    out_dir = str(tmp_path_factory.mktemp("converted"))
+    summary = convert(tiny_raw, out_dir, num_proc=2, items_per_shard=ITEMS_PER_SHARD, row_group_size=4)
+    return out_dir, summary
+
+
+def _load(out_dir, config, tmp_path, **kwargs):
+    return load_dataset(out_dir, config, cache_dir=str(tmp_path / "cache"), **kwargs)
+
+
+def _split_ids(raw_dir, config, split):
+    return list(dict.fromkeys(read_split_ids(raw_dir, config, split)))
+
+
+def _shard_files(out_dir):
+    return sorted(
+        os.path.relpath(os.path.join(root, name), out_dir)
+        for root, _, names in os.walk(os.path.join(out_dir, "data"))
+        for name in names
+    )
+
+
+def _assert_decodes(row):
+    """Image -> PIL, video -> torchcodec VideoDecoder frames, audio -> torchcodec AudioDecoder samples."""
+    from PIL import Image
+
+    if row["image"] is not None:
+        assert isinstance(row["image"], Image.Image) and row["image"].size == (64, 64)
+    if row["video"] is not None:
+        assert row["video"].metadata.num_frames >= 8
+        assert tuple(row["video"].get_frame_at(0).data.shape) == (3, 64, 64)
+    if row["audio"] is not None:
+        samples = row["audio"].get_all_samples()
+        assert samples.sample_rate == 16000 and samples.data.shape[-1] > 16000
+
+
+def test_every_config_loads_with_the_right_splits_and_decodes(tiny_raw, converted, tmp_path):
+    out_dir, summary = converted
+    assert summary["complete"]
+    seen_media = {"image": 0, "video": 0, "audio": 0}
+    with open(os.path.join(tiny_raw, ANNOTATION_FILE), encoding="utf-8") as handle:
+        annotations = json.load(handle)
+    for config, splits in CONFIG_SPLITS.items():
+        dataset = _load(out_dir, config, tmp_path)
+        assert sorted(dataset) == sorted(splits)
+        for split in splits:
+            ids = _split_ids(tiny_raw, config, split)
+            assert dataset[split]["item_id"] == ids, f"{config}/{split}: order or size differs"
+            assert summary["splits"][f"{config}/{split}"]["num_rows"] == len(ids)
+            features = dataset[split].features
+            assert list(features) == [
+                "item_id", "caption", "table", "image", "video", "audio", "label", "instance_id",
+            ]  # fmt: skip
+            for row in dataset[split]:
+                record = annotations[row["item_id"]]
+                assert row["caption"] == record.get("title")
+                assert features["label"].int2str(row["label"]) == record["label"]
+                assert row["instance_id"] == record["instance_id"]
+                assert bool(row["table"]) == ("pv" in record)
+                for modality in seen_media:
+                    present = os.path.exists(media_path(tiny_raw, modality, row["item_id"]))
+                    assert (row[modality] is not None) == present
+                    seen_media[modality] += present
+                _assert_decodes(row)
+    assert min(seen_media.values()) > 0
+
+
+def test_streaming_reads_the_same_rows(tiny_raw, converted, tmp_path):
+    out_dir, _ = converted
+    for config, splits in CONFIG_SPLITS.items():
+        streamed = _load(out_dir, config, tmp_path, streaming=True)
+        for split in splits:
+            rows = list(streamed[split])
+            assert [row["item_id"] for row in rows] == _split_ids(tiny_raw, config, split)
+    fine = next(row for row in streamed["test"] if row["video"] is not None and row["audio"] is not None)
+    _assert_decodes(fine)
+
+
+def test_card_is_a_hub_dataset_card(converted):
+    out_dir, summary = converted
+    with open(os.path.join(out_dir, "README.md"), encoding="utf-8") as handle:
+        text = handle.read()
+    metadata = yaml.safe_load(text.split("---")[1])
+    assert {c["config_name"] for c in metadata["configs"]} == set(CONFIG_SPLITS)
+    assert next(c for c in metadata["configs"] if c["config_name"] == "pretrain")["default"]
+    for info in metadata["dataset_info"]:
+        for split in info["splits"]:
+            key = f"{info['config_name']}/{split['name']}"
+            assert split["num_examples"] == summary["splits"][key]["num_rows"]
+    assert "redistribution is not allowed" in text and "instance_id" in text
+
+
+def test_rerun_skips_complete_shards_and_redoes_only_a_damaged_one(tiny_raw, converted):
+    out_dir, _ = converted
+    files = _shard_files(out_dir)
+    mtimes = {name: os.path.getmtime(os.path.join(out_dir, name)) for name in files}
+    again = convert(tiny_raw, out_dir, num_proc=1, items_per_shard=ITEMS_PER_SHARD)
+    assert again["complete"] and again["rows_written_this_run"] == 0
+    assert {name: os.path.getmtime(os.path.join(out_dir, name)) for name in files} == mtimes
+
+    damaged = next(name for name in files if "pretrain" in name)
+    with open(os.path.join(out_dir, damaged), "r+b") as handle:
+        handle.truncate(100)  # as if the machine died while copying it
+    open(os.path.join(out_dir, damaged) + ".tmp-123", "wb").close()  # an interrupted writer's leftover
+    repaired = convert(tiny_raw, out_dir, num_proc=1, items_per_shard=ITEMS_PER_SHARD)
+    assert repaired["rows_written_this_run"] == ITEMS_PER_SHARD
+    assert _shard_files(out_dir) == sorted([*files, damaged + ".tmp-123"])
+    changed = [name for name in files if os.path.getmtime(os.path.join(out_dir, name)) != mtimes[name]]
+    assert changed == [damaged]
+
+
+def test_machines_split_the_shards_and_the_last_writes_the_card(tiny_raw, converted, tmp_path):
+    out_dir, summary = converted
+    shared = str(tmp_path / "shared")
+    first = convert(tiny_raw, shared, items_per_shard=ITEMS_PER_SHARD, shard_index=0, num_shards=2)
+    assert not first["complete"] and first["missing_shards"] > 0
+    assert not os.path.exists(os.path.join(shared, "README.md"))
+    second = convert(tiny_raw, shared, items_per_shard=ITEMS_PER_SHARD, shard_index=1, num_shards=2)
+    assert second["complete"] and os.path.exists(os.path.join(shared, "README.md"))
+    assert first["rows_written"] + second["rows_written_this_run"] == sum(
+        sizes["num_rows"] for sizes in summary["splits"].values()
+    )
+    assert _shard_files(shared) == [name for name in _shard_files(out_dir) if ".tmp-" not in name]
+    for key, sizes in summary["splits"].items():
+        assert second["splits"][key]["num_rows"] == sizes["num_rows"]
+        assert second["splits"][key]["num_shards"] == sizes["num_shards"]
+    with pytest.raises(ValueError, match="shard-index"):
+        convert(tiny_raw, shared, shard_index=2, num_shards=2)
+
+
+@pytest.fixture(scope="module")
+def broken(tiny_raw, tmp_path_factory):
+    """The tiny sample with one of each kind of bad data, and what was broken where."""
+    raw_dir = str(tmp_path_factory.mktemp("broken_raw"))
+    shutil.copytree(tiny_raw, raw_dir, dirs_exist_ok=True)
+    ids = _split_ids(raw_dir, "pretrain", "train")
+    with open(os.path.join(raw_dir, ANNOTATION_FILE), encoding="utf-8") as handle:
+        annotations = json.load(handle)
+
+    def first(modality, skip=()):
+        return next(i for i in ids if os.path.exists(media_path(raw_dir, modality, i)) and i not in skip)
+
+    missing_image = first("image")
+    os.remove(media_path(raw_dir, "image", missing_image))
+    truncated_video = first("video")
+    path = media_path(raw_dir, "video", truncated_video)
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) // 2)
+    garbage_audio = first("audio")
+    with open(media_path(raw_dir, "audio", garbage_audio), "wb") as handle:
+        handle.write(os.urandom(3000))
+    corrupt_image = first("image", skip={missing_image})
+    with open(media_path(raw_dir, "image", corrupt_image), "r+b") as handle:
+        handle.truncate(200)
+    malformed_pv = next(i for i in ids if "pv" in annotations[i])
+    annotations[malformed_pv]["pv"] = "材质#:#纯棉#;#no separator here#;#产地#:#浙江"
+    unknown_label = ids[-1]
+    annotations[unknown_label]["label"] = "not/a/real/category"
+    with open(os.path.join(raw_dir, ANNOTATION_FILE), "w", encoding="utf-8") as handle:
+        json.dump(annotations, handle, ensure_ascii=False)
+    with open(os.path.join(raw_dir, SPLIT_FILES["pretrain", "train"]), "a", encoding="utf-8") as handle:
+        handle.write("999999999999\n")
+    return raw_dir, {
+        "missing_image": missing_image,
+        "truncated_video": truncated_video,
+        "garbage_audio": garbage_audio,
+        "corrupt_image": corrupt_image,
+        "malformed_pv": malformed_pv,
+        "unknown_label": unknown_label,
+        "valid_ids": ids,
+    }
+
+
+def test_bad_data_is_reported_and_nothing_valid_is_dropped(broken, tmp_path, capsys):
+    raw_dir, bad = broken
+    out_dir = str(tmp_path / "out")
+    summary = convert(raw_dir, out_dir, num_proc=2, items_per_shard=ITEMS_PER_SHARD)
+    assert summary["complete"]
+    printed = capsys.readouterr().out
+    with open(os.path.join(out_dir, SUMMARY_FILE), encoding="utf-8") as handle:
+        assert json.load(handle) == json.loads(json.dumps(summary))
+
+    assert summary["unknown_split_ids"] == {"pretrain/train": ["999999999999"]}
+    assert summary["malformed_pv"] == {bad["malformed_pv"]: ["no separator here"]}
+    assert summary["unknown_labels"] == {bad["unknown_label"]: "not/a/real/category"}
+    assert summary["corrupt_media"] == {
+        "image": [bad["corrupt_image"]],
+        "video": [bad["truncated_video"]],
+        "audio": [bad["garbage_audio"]],
+    }
+    for key in ("999999999999", bad["malformed_pv"], bad["truncated_video"], bad["garbage_audio"]):
+        assert key in printed
+
+    train = _load(out_dir, "pretrain", tmp_path, split="train")
+    assert train["item_id"] == bad["valid_ids"]
+    rows = {row["item_id"]: row for row in train}
+    assert rows[bad["missing_image"]]["image"] is None and rows[bad["corrupt_image"]]["image"] is None
+    assert rows[bad["truncated_video"]]["video"] is None
+    assert rows[bad["garbage_audio"]]["audio"] is None
+    assert rows[bad["malformed_pv"]]["table"] == [
+        {"key": "材质", "value": "纯棉"},
+        {"key": "产地", "value": "浙江"},
+    ]
+    assert rows[bad["unknown_label"]]["label"] == -1
+    # the damaged items keep every other field
+    assert rows[bad["truncated_video"]]["caption"] is not None or rows[bad["truncated_video"]]["image"]
+    assert summary["splits"]["pretrain/train"]["num_rows"] == len(bad["valid_ids"])
