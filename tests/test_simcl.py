@@ -1,0 +1,230 @@
+"""SIMCL: the alignment matrix S in both modes, Eq. 2 vs standard InfoNCE against hand computations, the pair
+average, and negatives gathered (with gradients) from several processes."""
+
+import math
+import socket
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from modeling_scale.simcl import (
+    alignment_scores,
+    gather_with_grad,
+    pairwise_contrastive_loss,
+    simcl_contrastive_loss,
+)
+
+TAU = 0.5
+
+
+def reference_eq2(a: torch.Tensor, b: torch.Tensor, valid: list[bool], tau: float) -> float:
+    """Eq. 2 written out with loops: one loss per positive pair, only the 2(N-1) cross-modal negatives."""
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    members = [i for i, ok in enumerate(valid) if ok]
+    losses = []
+    for i in members:
+        positive = math.exp(float(a[i] @ b[i]) / tau)
+        negatives = sum(math.exp(float(a[i] @ b[k]) / tau) for k in members if k != i)
+        negatives += sum(math.exp(float(b[i] @ a[k]) / tau) for k in members if k != i)
+        losses.append(-math.log(positive / negatives))
+    return sum(losses) / len(losses)
+
+
+def test_eq2_on_a_two_sample_example_worked_by_hand():
+    """Orthonormal features, tau = 1: positive 1, negatives 0 -> Eq. 2 = log(2) - 1; InfoNCE log(1+e) - 1."""
+    embeds = torch.eye(2)
+    valid = torch.ones(2, dtype=torch.bool)
+    loss, count = pairwise_contrastive_loss(embeds, embeds, valid, temperature=1.0, denominator="negatives")
+    torch.testing.assert_close(loss, torch.tensor(math.log(2) - 1))
+    assert count == 2
+    loss, _ = pairwise_contrastive_loss(embeds, embeds, valid, temperature=1.0, denominator="all")
+    torch.testing.assert_close(loss, torch.tensor(math.log(1 + math.e) - 1))
+
+
+def test_eq2_matches_the_written_out_formula_and_skips_invalid_samples():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g)
+    valid = [True, True, False, True, True]
+    loss, count = pairwise_contrastive_loss(a, b, torch.tensor(valid), TAU, "negatives")
+    assert count == 4
+    assert loss.item() == pytest.approx(reference_eq2(a, b, valid, TAU), rel=1e-5)
+
+
+def test_all_is_the_symmetric_infonce_over_the_valid_samples():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(5, 6, generator=g), torch.randn(5, 6, generator=g)
+    valid = torch.tensor([True, False, True, True, True])
+    loss, _ = pairwise_contrastive_loss(a, b, valid, TAU, "all")
+    logits = F.normalize(a[valid], dim=-1) @ F.normalize(b[valid], dim=-1).T / TAU
+    targets = torch.arange(4)
+    expected = 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+    torch.testing.assert_close(loss, expected)
+    assert not torch.isclose(loss, pairwise_contrastive_loss(a, b, valid, TAU, "negatives")[0])
+
+
+def test_logit_scale_multiplies_each_anchor_row():
+    """Eq. 3: S[i, j] scales the pair's logits; with one scale for every anchor it acts as tau / s."""
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    valid = torch.ones(4, dtype=torch.bool)
+    scaled, _ = pairwise_contrastive_loss(a, b, valid, TAU, "negatives", logit_scale=torch.full((4,), 0.25))
+    torch.testing.assert_close(scaled, pairwise_contrastive_loss(a, b, valid, TAU / 0.25, "negatives")[0])
+    per_anchor = torch.tensor([1.0, 0.5, 2.0, 0.1])
+    mixed, _ = pairwise_contrastive_loss(a, b, valid, TAU, "negatives", logit_scale=per_anchor)
+    # anchor i's term is its Eq. 2 term at temperature tau / s_i
+    expected = [_per_anchor_eq2(a, b, TAU / s)[i] for i, s in enumerate(per_anchor.tolist())]
+    torch.testing.assert_close(mixed, torch.stack(expected).mean())
+
+
+def _per_anchor_eq2(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
+    a, b = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    logits = a @ b.T / tau
+    off_diagonal = ~torch.eye(len(a), dtype=torch.bool)
+    negatives = torch.cat(
+        [logits.masked_fill(~off_diagonal, -torch.inf), logits.T.masked_fill(~off_diagonal, -torch.inf)],
+        dim=1,
+    )
+    return torch.logsumexp(negatives, dim=1) - logits.diagonal()
+
+
+def test_invalid_samples_get_no_gradient_and_too_few_samples_give_zero():
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(3, 4, generator=g, requires_grad=True)
+    b = torch.randn(3, 4, generator=g, requires_grad=True)
+    loss, _ = pairwise_contrastive_loss(a, b, torch.tensor([True, True, False]), TAU)
+    loss.backward()
+    assert torch.all(a.grad[2] == 0) and torch.all(b.grad[2] == 0) and a.grad[:2].abs().sum() > 0
+
+    a.grad = None
+    lonely, count = pairwise_contrastive_loss(a, b, torch.tensor([True, False, False]), TAU)
+    lonely.backward()
+    assert lonely == 0 and count == 0
+    assert torch.isfinite(a.grad).all() and torch.all(a.grad == 0)
+
+
+def test_simcl_averages_the_usable_pairs():
+    g = torch.Generator().manual_seed(4)
+    embeds = torch.randn(4, 5, 8, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 1], [1, 0, 1, 0, 0], [1, 1, 1, 1, 0]])
+    total = simcl_contrastive_loss(embeds, mask, TAU, "negatives")
+    usable = []
+    for i in range(5):
+        for j in range(i + 1, 5):
+            both = mask[:, i].bool() & mask[:, j].bool()
+            if both.sum() >= 2:
+                usable.append(reference_eq2(embeds[:, i], embeds[:, j], both.tolist(), TAU))
+    assert len(usable) == 3  # text-table, text-image, table-image; the rest have < 2 samples
+    assert total.item() == pytest.approx(sum(usable) / len(usable), rel=1e-5)
+    assert simcl_contrastive_loss(embeds, torch.eye(5, dtype=torch.long)[:4], TAU) == 0
+
+
+# --------------------------------------------------------------------------------------------------- S
+
+
+def test_feature_alignment_matches_the_released_formula():
+    g = torch.Generator().manual_seed(5)
+    embeds = torch.randn(2, 5, 6, generator=g)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 0, 1]])
+    scores = alignment_scores(embeds, mask, "feature")
+
+    features = F.normalize(embeds[0], dim=-1)
+    cosine = features @ features.T
+    expected = F.normalize(cosine * cosine.softmax(-1), dim=-1)
+    torch.testing.assert_close(scores[0], expected)
+
+    present = [0, 2, 4]
+    sub = F.normalize(embeds[1, present], dim=-1)
+    sub_cosine = sub @ sub.T
+    torch.testing.assert_close(
+        scores[1][present][:, present], F.normalize(sub_cosine * sub_cosine.softmax(-1), dim=-1)
+    )
+    assert torch.all(scores[1, [1, 3]] == 0) and torch.all(scores[1, :, [1, 3]] == 0)
+    torch.testing.assert_close(scores[1, present].norm(dim=-1), torch.ones(3))
+
+    changed = embeds.clone()
+    changed[1, [1, 3]] = 100.0
+    torch.testing.assert_close(alignment_scores(changed, mask, "feature"), scores)
+
+
+def test_learned_alignment_zero_init_is_dead_and_ones_init_weights_by_one():
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 0, 1, 1]])
+    embeds = torch.zeros(2, 5, 3)
+    zero = torch.zeros(5, 5, requires_grad=True)
+    assert torch.all(
+        alignment_scores(embeds, mask, "learned", zero) == 0
+    )  # the paper's init: every logit x 0
+
+    ones = torch.ones(5, 5, requires_grad=True)
+    scores = alignment_scores(embeds, mask, "learned", ones)
+    pair = (mask[:, :, None] * mask[:, None, :]).float()
+    torch.testing.assert_close(scores, pair)
+    (scores * torch.randn(2, 5, 5, generator=torch.Generator().manual_seed(6))).sum().backward()
+    assert ones.grad.abs().sum() > 0
+
+    g = torch.Generator().manual_seed(7)
+    parameter = torch.randn(5, 5, generator=g)
+    scores = alignment_scores(embeds, mask, "learned", parameter)
+    present = [0, 3, 4]
+    sub = parameter[present][:, present]
+    torch.testing.assert_close(scores[1][present][:, present], 3 * sub * sub.softmax(-1))
+    assert torch.all(scores[1, [1, 2]] == 0) and torch.all(scores[1, :, [1, 2]] == 0)
+
+
+def test_alignment_rejects_unknown_mode():
+    with pytest.raises(ValueError, match="alignment mode"):
+        alignment_scores(torch.zeros(1, 5, 2), torch.ones(1, 5), "both")
+    with pytest.raises(ValueError, match="alignment_parameter"):
+        alignment_scores(torch.zeros(1, 5, 2), torch.ones(1, 5), "learned")
+
+
+# ------------------------------------------------------------------------------------------------- processes
+
+
+def test_gather_is_the_identity_in_a_single_process():
+    tensor = torch.randn(3, 2)
+    gathered, offset = gather_with_grad(tensor)
+    assert gathered is tensor and offset == 0
+
+
+def _distributed_worker(
+    rank: int, world_size: int, port: int, a: torch.Tensor, b: torch.Tensor, results
+) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    rows = slice(rank * 2, rank * 2 + 2)
+    local_a, local_b = a[rows].clone().requires_grad_(), b[rows].clone().requires_grad_()
+    loss, count = pairwise_contrastive_loss(
+        local_a, local_b, torch.ones(2, dtype=torch.bool), TAU, "negatives"
+    )
+    loss.backward()
+    results[rank] = (loss.detach(), count, local_a.grad, local_b.grad)
+    dist.destroy_process_group()
+
+
+def test_negatives_come_from_every_process_with_gradients():
+    """Two gloo processes with 2 samples each = one process with all 4: per-rank losses average to the full
+    loss, and each rank's gradient is that of the summed losses (which DDP then averages)."""
+    import torch.multiprocessing as mp
+
+    g = torch.Generator().manual_seed(8)
+    a, b = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = mp.get_context("spawn")
+    with context.Manager() as manager:
+        results = manager.dict()
+        mp.start_processes(_distributed_worker, args=(2, port, a, b, results), nprocs=2, start_method="spawn")
+        results = dict(results)
+
+    full_a, full_b = a.clone().requires_grad_(), b.clone().requires_grad_()
+    full, _ = pairwise_contrastive_loss(full_a, full_b, torch.ones(4, dtype=torch.bool), TAU, "negatives")
+    full.backward()
+    torch.testing.assert_close((results[0][0] + results[1][0]) / 2, full)
+    for rank in (0, 1):
+        rows = slice(rank * 2, rank * 2 + 2)
+        assert results[rank][1] == 2
+        torch.testing.assert_close(results[rank][2], 2 * full_a.grad[rows])
+        torch.testing.assert_close(results[rank][3], 2 * full_b.grad[rows])
