@@ -35,10 +35,18 @@ MODALITY_KEYS = {
 
 
 def _as_tensor(value: Any) -> torch.Tensor:
+    """Tensors as given; lists / arrays (as `datasets` returns them) as tensors, float64 lists as float32."""
     if isinstance(value, torch.Tensor):
         return value
     array = np.asarray(value)
+    if array.dtype == np.float64:
+        array = array.astype(np.float32)
     return torch.from_numpy(array.copy() if not array.flags.writeable else array)
+
+
+def _is_absent(value: Any) -> bool:
+    """`None`, or an empty per-sample sequence (a missing video stored by `datasets` as zero frames)."""
+    return value is None or (not isinstance(value, str) and hasattr(value, "__len__") and len(value) == 0)
 
 
 def _maybe_tensor(values: Any) -> Any:
@@ -125,7 +133,7 @@ class DataCollatorForScalePretraining:
         ids_key, mask_key = keys[0], keys[1]
         rows = []
         for feature in features:
-            if feature.get(ids_key) is None:
+            if _is_absent(feature.get(ids_key)):
                 rows.append({"input_ids": [self.tokenizer.pad_token_id], "attention_mask": [0]})
             else:
                 rows.append(
@@ -137,7 +145,7 @@ class DataCollatorForScalePretraining:
         padded = self.tokenizer.pad(rows, padding="longest", return_tensors="pt")
         output = {ids_key: padded["input_ids"].long(), mask_key: padded["attention_mask"].long()}
         for extra in keys[2:]:
-            extra_rows = [None if f.get(extra) is None else _as_tensor(f[extra]).long() for f in features]
+            extra_rows = [None if _is_absent(f.get(extra)) else _as_tensor(f[extra]).long() for f in features]
             if any(row is not None for row in extra_rows):
                 extra_rows = [
                     row if row is not None else torch.zeros(1, dtype=torch.long) for row in extra_rows
@@ -155,7 +163,7 @@ class DataCollatorForScalePretraining:
         for key in keys - set(TEXT_KEYS) - set(TABLE_KEYS):
             values = [feature.get(key) for feature in features]
             if key in SEQUENCE_KEYS or key == "pixel_values":
-                rows = [None if value is None else _as_tensor(value) for value in values]
+                rows = [None if _is_absent(value) else _as_tensor(value) for value in values]
                 if key == "pixel_values" and any(row is None for row in rows):
                     reference = next(row for row in rows if row is not None)
                     rows = [torch.zeros_like(reference) if row is None else row for row in rows]
@@ -167,7 +175,10 @@ class DataCollatorForScalePretraining:
         if "modality_mask" not in batch:
             batch["modality_mask"] = torch.tensor(
                 [
-                    [int(any(feature.get(key) is not None for key in MODALITY_KEYS[m])) for m in MODALITIES]
+                    [
+                        int(any(not _is_absent(feature.get(key)) for key in MODALITY_KEYS[m]))
+                        for m in MODALITIES
+                    ]
                     for feature in features
                 ]
             )
