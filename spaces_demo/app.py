@@ -36,6 +36,13 @@ RESULT_HEADERS = ["rank", "score", "item_id", "category", "modalities", "caption
 MAX_K = 50
 MAX_PICKER_CHOICES = 1000
 """The product picker lists this many gallery products; any other item id can be typed in."""
+ALIGNMENT_HELP = """
+#### Modality alignment of the query
+**S** is SIMCL's modality alignment matrix for this query (paper Eq. 3): the weight SCALE gives each pair
+of the query's modalities, from how well their features agree (with `alignment="feature"`, the default).
+Off-diagonal cells weigh the pairwise contrastive terms, the diagonal the masked-modelling terms. Modalities
+the query lacks stay blank.
+"""
 CSS = """
 #results-gallery .thumbnail-item { aspect-ratio: auto; display: flex; flex-direction: column; }
 #results-gallery .thumbnail-item > img { height: 150px; flex: none; }
@@ -85,7 +92,7 @@ def result_outputs(result: SearchResult) -> tuple[list, pd.DataFrame, Figure, st
     gallery = [(hit.thumbnail, gallery_caption(hit)) for hit in result.hits]
     table = pd.DataFrame(
         [
-            [hit.rank, round(hit.score, 4), hit.item_id, hit.category, ", ".join(hit.modalities), hit.caption]
+            [hit.rank, f"{hit.score:.3f}", hit.item_id, hit.category, ", ".join(hit.modalities), hit.caption]
             for hit in result.hits
         ],
         columns=RESULT_HEADERS,
@@ -98,18 +105,19 @@ def result_outputs(result: SearchResult) -> tuple[list, pd.DataFrame, Figure, st
     return gallery, table, alignment_figure(result), latency
 
 
-def _readable_image_errors(component: gr.Image) -> gr.Image:
-    """gr.Image opens uploads with PIL before our code runs: turn its failure into a readable message."""
+def _readable_input_errors(component: gr.components.Component, what: str) -> gr.components.Component:
+    """Gradio decodes some inputs (images with PIL, tables) before our code runs: a missing value means "not
+    given" (API callers may send None), and a decoding failure becomes a message naming the input and file."""
     preprocess = component.preprocess
 
     def checked_preprocess(payload):
+        if payload is None:
+            return None
         try:
             return preprocess(payload)
         except Exception as error:
-            name = getattr(payload, "orig_name", None) or Path(getattr(payload, "path", "") or "upload").name
-            raise gr.Error(
-                f"The image '{name}' could not be read ({error}). Is it a real image file?"
-            ) from error
+            name = getattr(payload, "orig_name", None) or Path(getattr(payload, "path", None) or what).name
+            raise gr.Error(f"The {what} '{name}' could not be read ({error}).") from error
 
     component.preprocess = checked_preprocess
     return component
@@ -120,10 +128,9 @@ def build_demo(
 ) -> gr.Blocks:
     """The page: query inputs on the left, ranked products, their details and the query's S on the right."""
     index = engine.index
-    shown = index.gallery.select(range(min(len(index), MAX_PICKER_CHOICES)))
     product_choices = [
         (f"{item_id} — {(caption or '(no caption)')[:50]}", item_id)
-        for item_id, caption in zip(shown["item_id"], shown["caption"], strict=True)
+        for item_id, caption in index.catalogue(MAX_PICKER_CHOICES)
     ]
 
     def search(text, table, image, video, audio, search_with, k):
@@ -146,13 +153,11 @@ def build_demo(
             example = index.example(item_id)
         except KeyError as error:
             raise gr.Error(f"No product {item_id!r} in the gallery.") from error
-        image = example.get("image")
-        image_path = index.thumbnail(example) if image and (image.get("bytes") or image.get("path")) else None
         table = [[pair["key"], pair["value"]] for pair in example.get("table") or []]
         return (
             example.get("caption") or "",
             pd.DataFrame(table or [["", ""]], columns=TABLE_HEADERS),
-            image_path,
+            index.export_media(item_id, "image"),
             index.export_media(item_id, "video"),
             index.export_media(item_id, "audio"),
         )
@@ -163,17 +168,20 @@ def build_demo(
             with gr.Column(scale=2, min_width=360):
                 gr.Markdown("### Query — any mix of modalities")
                 text = gr.Textbox(label="Caption", placeholder="e.g. 红色连衣裙 / red summer dress", lines=2)
-                table = gr.Dataframe(
-                    value=pd.DataFrame([["", ""]] * 3, columns=TABLE_HEADERS),
-                    headers=TABLE_HEADERS,
-                    datatype="str",
-                    column_count=2,
-                    interactive=True,
-                    label="Property table (edit the cells; add rows with +)",
-                    elem_id="query-table",
+                table = _readable_input_errors(
+                    gr.Dataframe(
+                        value=pd.DataFrame([["", ""]] * 3, columns=TABLE_HEADERS),
+                        headers=TABLE_HEADERS,
+                        datatype="str",
+                        column_count=2,
+                        interactive=True,
+                        label="Property table (edit the cells; add rows with +)",
+                        elem_id="query-table",
+                    ),
+                    "table",
                 )
                 with gr.Row():
-                    image = _readable_image_errors(
+                    image = _readable_input_errors(
                         gr.Image(
                             type="filepath",
                             image_mode=None,
@@ -181,7 +189,8 @@ def build_demo(
                             label="Image",
                             height=180,
                             elem_id="query-image",
-                        )
+                        ),
+                        "image",
                     )
                     video = gr.Video(
                         sources=["upload"], label="Video clip", height=180, elem_id="query-video"
@@ -205,6 +214,7 @@ def build_demo(
                 with gr.Accordion("Use a gallery product as the query", open=False):
                     product = gr.Dropdown(
                         choices=product_choices,
+                        value=None,
                         label="Gallery product",
                         filterable=True,
                         allow_custom_value=True,
@@ -212,7 +222,7 @@ def build_demo(
                     )
                     load_button = gr.Button("Load into the query", elem_id="load-product")
             with gr.Column(scale=3, min_width=480):
-                latency = gr.Markdown(elem_id="latency")
+                latency = gr.Markdown(label="Search latency", elem_id="latency")
                 results = gr.Gallery(
                     label="Closest products",
                     columns=5,
@@ -223,13 +233,21 @@ def build_demo(
                 )
                 details = gr.Dataframe(
                     headers=RESULT_HEADERS,
-                    column_widths=["7%", "9%", "17%", "25%", "17%", "25%"],
+                    column_widths=["6%", "8%", "17%", "25%", "16%", "28%"],
+                    max_height=420,
                     label="Result details",
                     interactive=False,
                     wrap=True,
                     elem_id="results-table",
                 )
-                alignment = gr.Plot(label="Modality alignment of the query (S)", elem_id="alignment-plot")
+                with gr.Row(equal_height=False):
+                    alignment = gr.Plot(
+                        label="Modality alignment of the query (S)",
+                        show_label=False,
+                        elem_id="alignment-plot",
+                        scale=3,
+                    )
+                    gr.Markdown(ALIGNMENT_HELP, elem_id="alignment-help")
 
         clear_button.add([text, table, image, video, audio, product])
         search_button.click(
@@ -257,7 +275,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--checkpoint",
-        default=env("SCALE_CHECKPOINT") or _local_or_hub(REPO_ROOT / "outputs/pretrain/final", HUB_MODEL_ID),
+        default=env("SCALE_CHECKPOINT") or _local_or_hub(REPO_ROOT / "outputs/pretrain", HUB_MODEL_ID),
         help="model folder or Hub id, loaded with AutoModel/AutoProcessor (env SCALE_CHECKPOINT)",
     )
     parser.add_argument(
@@ -331,6 +349,7 @@ def _cuda_available() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     args = parse_args(argv)
     engine = load_search_engine(
         checkpoint=args.checkpoint,

@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "product_embeds"
 CACHE_FORMAT_VERSION = 1
 THUMBNAIL_SIZE = 256
+DEFAULT_SUFFIXES = {"image": ".jpg", "video": ".mp4", "audio": ".wav"}
 MEDIA_COLUMNS = {
     "image": ImageFeature(decode=False),
     "video": Video(decode=False),
@@ -132,6 +133,8 @@ class GalleryIndex:
         self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         self.cache_dir = Path(cache_dir)
         self.category_names = gallery.features["label"].names if "label" in gallery.features else None
+        self._catalogue = gallery.select_columns(["item_id", "caption"])  # a view; FAISS attaches elsewhere
+        self._row_of_item = {item_id: row for row, item_id in enumerate(self._catalogue["item_id"])}
         for name, feature in MEDIA_COLUMNS.items():
             if name in gallery.column_names:
                 gallery = gallery.cast_column(name, feature)
@@ -146,14 +149,14 @@ class GalleryIndex:
                 string_factory=index_factory,
                 metric_type=faiss.METRIC_INNER_PRODUCT,
             )
-        self._row_of_item = {item_id: row for row, item_id in enumerate(self.gallery["item_id"])}
 
     def __len__(self) -> int:
         return len(self.gallery)
 
-    @property
-    def item_ids(self) -> list[str]:
-        return list(self._row_of_item)
+    def catalogue(self, limit: int) -> list[tuple[str, str | None]]:
+        """(item_id, caption) of the first `limit` gallery products, for a product picker."""
+        first = self._catalogue.select(range(min(limit, len(self))))
+        return list(zip(first["item_id"], first["caption"], strict=True))
 
     def save(self, index_dir: str | Path, meta: dict) -> None:
         index_dir = Path(index_dir)
@@ -225,13 +228,13 @@ class GalleryIndex:
         return str(path)
 
     def export_media(self, item_id: str, modality: str) -> str | None:
-        """Path of a gallery product's video or audio (written out when stored as bytes)."""
+        """Path of a gallery product's image, video or audio (written out when stored as bytes)."""
         media = self.example(item_id).get(modality)
         if not media or not (media.get("bytes") or media.get("path")):
             return None
         if not media.get("bytes"):
             return media["path"]
-        suffix = Path(media.get("path") or "").suffix or (".mp4" if modality == "video" else ".wav")
+        suffix = Path(media.get("path") or "").suffix or DEFAULT_SUFFIXES[modality]
         path = self.cache_dir / "media" / f"{hashlib.md5(item_id.encode()).hexdigest()}_{modality}{suffix}"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)

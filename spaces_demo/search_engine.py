@@ -109,7 +109,9 @@ def load_search_engine(
     gallery = load_dataset(str(dataset), dataset_config, split=split)
 
     def embed_gallery(products):
-        return extract_embeddings(model, processor, products, batch_size=batch_size, device=device)
+        return extract_embeddings(model, processor, products, batch_size=batch_size, device=device)[
+            "product_embeds"
+        ]
 
     faiss_device = _faiss_gpu(device)
     index = load_or_build_index(gallery, embed_gallery, checkpoint, index_root, index_factory, faiss_device)
