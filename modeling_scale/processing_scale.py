@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 MODALITY_ORDER = ("text", "table", "image", "video", "audio")
 ON_ERROR_MODES = ("raise", "missing")
 PADDING_MODES = ("longest", "max_length")
+TEXT_FIELDS = ("input_ids", "attention_mask")
+TABLE_FIELDS = ("table_input_ids", "table_attention_mask", "table_entity_ids")
 
 
 class ScaleProcessingError(ValueError):
@@ -206,6 +208,30 @@ class ScaleProcessor(ProcessorMixin):
             output[key] = full
         return output
 
+    def _empty_group(self, modality: str, batch_size: int, padding: str) -> dict[str, np.ndarray]:
+        """The key group of a modality no sample has: padding only, masks 0 (shapes as a present group)."""
+        full = padding == "max_length"
+        size = self.image_processor.size
+        if modality in ("text", "table"):
+            length = (self.max_text_length if modality == "text" else self.max_table_length) if full else 1
+            names = TEXT_FIELDS if modality == "text" else TABLE_FIELDS
+            group = {name: np.zeros((batch_size, length), dtype=np.int64) for name in names}
+            group[names[0]][:] = self.tokenizer.pad_token_id
+            return group
+        if modality == "image":
+            return {"pixel_values": np.zeros((batch_size, 3, size.height, size.width), dtype=np.float32)}
+        if modality == "video":
+            frames = self.max_video_frames if full else 1
+            return {
+                "video_pixel_values": np.zeros((batch_size, frames, 3, size.height, size.width), np.float32),
+                "video_mask": np.zeros((batch_size, frames), dtype=np.int64),
+            }
+        frames = self.feature_extractor.max_frames if full else 1
+        return {
+            "audio_features": np.zeros((batch_size, frames, self.feature_extractor.feature_size), np.float32),
+            "audio_mask": np.zeros((batch_size, frames), dtype=np.int64),
+        }
+
     # ------------------------------------------------------------------------------------------- call
     def __call__(
         self,
@@ -217,6 +243,7 @@ class ScaleProcessor(ProcessorMixin):
         return_tensors: str | None = "pt",
         padding: str = "longest",
         on_error: str | None = None,
+        return_modalities: Sequence[str] = (),
         **kwargs,
     ) -> BatchFeature:
         r"""
@@ -234,11 +261,12 @@ class ScaleProcessor(ProcessorMixin):
             return_tensors: `"pt"` (default), `"np"` or `None` (NumPy arrays).
             padding: `"longest"` in the batch, or `"max_length"` (the processor's maximum lengths).
             on_error: overrides the processor's `on_error` for this call.
+            return_modalities: modalities whose key group is emitted even when no sample has them (all
+                padding, masks 0), so that every `datasets.map` batch writes the same columns.
 
         Returns:
-            [`BatchFeature`] with the key groups of the modalities at least one sample has, and
-            `modality_mask`
-            (B, 5) in the order text, table, image, video, audio.
+            [`BatchFeature`] with the key groups of the modalities at least one sample has (plus those in
+            `return_modalities`), and `modality_mask` (B, 5) in the order text, table, image, video, audio.
         """
         if kwargs:
             raise TypeError(f"unexpected arguments {sorted(kwargs)}")
@@ -247,6 +275,9 @@ class ScaleProcessor(ProcessorMixin):
             raise ValueError(f"on_error must be one of {ON_ERROR_MODES}, got {on_error!r}")
         if padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+        unknown = set(return_modalities) - set(MODALITY_ORDER)
+        if unknown:
+            raise ValueError(f"return_modalities must be among {MODALITY_ORDER}, got {sorted(unknown)}")
         if isinstance(text, str):
             text = [text]
         inputs = dict(zip(MODALITY_ORDER, (text, tables, images, videos, audio), strict=True))
@@ -297,6 +328,9 @@ class ScaleProcessor(ProcessorMixin):
             "video": [value is not None for value in decoded_videos],
             "audio": [value is not None for value in decoded_audio],
         }
+        empty = [modality for modality in return_modalities if not any(present[modality])]
+        for modality in empty:
+            data.update(self._empty_group(modality, batch_size, padding))
         if any(present["text"]):
             data.update(self._text(texts, padding))
         if any(present["table"]):

@@ -244,3 +244,31 @@ def test_rows_without_a_modality_key_are_padding(processor):
         [{"input_ids": [101, 2417, 102], "attention_mask": [1, 1, 1]}]
     )
     assert derived["modality_mask"].tolist() == [[1, 0, 0, 0, 0]]
+
+
+def test_datasets_map_then_collate(processor):
+    datasets = pytest.importorskip("datasets")
+    table = datasets.Dataset.from_dict(
+        {
+            "caption": ["红色连衣裙", None, "cotton shirt"],
+            "table": [[{"key": "颜色", "value": "红色"}], [], [{"key": "size", "value": "large"}]],
+            "audio": [None, tone(0.5, 16000).tolist(), None],
+        }
+    )
+
+    def preprocess(rows):
+        audio = [None if wave is None else (np.asarray(wave), 16000) for wave in rows["audio"]]
+        out = processor(
+            text=rows["caption"],
+            tables=rows["table"],
+            audio=audio,
+            return_tensors=None,
+            return_modalities=("text", "table", "audio"),
+        )
+        return dict(out)
+
+    processed = table.map(preprocess, batched=True, batch_size=2, remove_columns=table.column_names)
+    batch = DataCollatorForScalePretraining(processor, config=CONFIG, seed=0)(list(processed))
+    assert batch["modality_mask"].tolist() == [[1, 1, 0, 0, 0], [0, 0, 0, 0, 1], [1, 1, 0, 0, 0]]
+    assert batch["input_ids"].dtype == torch.long and batch["audio_features"].dtype == torch.float32
+    assert batch["audio_mask"].sum(1).tolist() == [0, 32, 0]

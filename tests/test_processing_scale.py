@@ -82,6 +82,17 @@ def test_subsets_of_modalities_only_emit_their_keys(processor):
     assert processor("single caption")["input_ids"].shape[0] == 1
 
 
+def test_return_modalities_keeps_columns_stable(processor, media):
+    out = processor(text=["a"], return_modalities=("text", "table", "image", "video", "audio"))
+    assert out["table_input_ids"].tolist() == [[processor.tokenizer.pad_token_id]]
+    assert out["pixel_values"].shape == (1, 3, 32, 32) and out["video_mask"].tolist() == [[0]]
+    assert out["audio_features"].shape == (1, 1, 80) and out["modality_mask"].tolist() == [[1, 0, 0, 0, 0]]
+    full = processor(images=[media["jpeg"]], padding="max_length", return_modalities=("video", "text"))
+    assert full["video_pixel_values"].shape == (1, 4, 3, 32, 32) and full["input_ids"].shape == (1, 36)
+    with pytest.raises(ValueError, match="return_modalities"):
+        processor(text=["a"], return_modalities=("smell",))
+
+
 def test_every_image_form_gives_the_same_pixels(processor, media):
     image = PIL.Image.open(media["jpeg"])
     forms = [image, np.asarray(image), media["jpeg"], str(media["jpeg"]), media["jpeg"].read_bytes()]
