@@ -2,6 +2,7 @@
 checkpointing, autocast, saving (incl. remote code in a fresh process) and BERT initialisation."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -614,3 +615,17 @@ def test_load_text_encoder_weights_from_minilm():
         ours = model.encoders["text"](model.embeddings["text"](ids, "input_ids"), torch.ones_like(ids).bool())
         theirs = bert(input_ids=ids, output_hidden_states=True).hidden_states[2]
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_paper_sized_model_runs_forward_and_backward():
+    from train.model_stats import fusion_tokens, measure
+
+    stats = measure(ScaleConfig(), batch_size=2)
+    assert fusion_tokens(ScaleConfig()) == 36 + 64 + 37 + 13 + 189
+    assert (
+        290e6 < stats["parameters_base_model"] < 300e6
+    )  # 5 encoders + JCT of 6 BERT-base layers each, + stems
+    assert stats["parameters_fusion_encoder"] == stats["parameters_per_encoder"]
+    assert 150e9 < stats["train_flops_per_sample"] < 250e9
+    assert math.isfinite(stats["loss"])

@@ -203,6 +203,7 @@ def _distributed_worker(
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_negatives_come_from_every_process_with_gradients():
     """Two gloo processes with 2 samples each = one process with all 4: per-rank losses average to the full
     loss, and each rank's gradient is that of the summed losses (which DDP then averages)."""
