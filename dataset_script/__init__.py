@@ -1,0 +1,1 @@
+"""M5Product tooling: raw release layout, synthetic sample, `datasets` builder, Parquet converter."""
