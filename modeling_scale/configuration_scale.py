@@ -27,22 +27,26 @@ class ScaleConfig(PreTrainedConfig):
         num_fusion_layers: layers of the Joint Co-Transformer over the concatenated tokens.
         max_text_length: caption tokens (36 in the paper).
         max_table_length: serialised table tokens (64 in the paper).
-        image_size, patch_size, num_channels: raw-pixel path of the image and video encoders.
+        image_size, patch_size, num_channels: raw-pixel path of the image encoder (Conv2d patches) and the
+            video encoder (each frame average-pooled by `patch_size`, then a Linear: one token per frame).
         image_feature_dim, image_box_dim, max_image_regions: precomputed region path (Faster R-CNN
             features of 2048-d with a 5-d box, up to 36 regions in the paper).
         video_feature_dim, max_video_frames: precomputed per-frame path (S3D, 1024-d, up to 12 frames).
         audio_feature_dim, max_audio_frames: MFCC / log-mel frames fed to the audio encoder (80 bins,
             12 s at 16 kHz with hop 256 gives 750 frames).
-        audio_subsampling: stride of the audio encoder's convolutional stem, so that 750 frames become
-            188 tokens in the JCT.
+        audio_subsampling: the audio stem embeds non-overlapping groups of this many frames (a Linear on the
+            flattened group, i.e. a Conv1d with kernel = stride), so that 750 frames become 188 tokens.
         projection_dim: size of the per-modality and fused product embeddings.
-        alignment: how SIMCL's modality alignment matrix S is obtained. `"feature"` (default, as the
-            authors' released code computes it): per sample, from the cosine similarities of the pooled
-            modality features, S <- S * softmax(S). `"learned"` (as the paper's text reads): a free 5x5
-            parameter initialised at zero, S <- S * softmax(S).
+        alignment: how SIMCL's modality alignment matrix S is obtained. `"feature"` (default: it is what the
+            authors' released code computes, and it adapts per sample): from the cosine similarities of the
+            pre-JCT modality features, S <- S * softmax(S), rows L2-normalised. `"learned"` (as the paper's
+            text reads): a free 5x5 parameter, S <- k * S * softmax(S) over the k present modalities,
+            initialised at ones so every term starts with weight 1 (the paper's zero initialisation would
+            multiply every logit by 0; see `simcl.alignment_scores`).
         temperature: InfoNCE temperature tau.
-        contrastive_denominator: `"negatives"` is the paper's Eq. 2 (only the 2(N-1) negatives in the
-            denominator); `"all"` is the standard InfoNCE that also keeps the positive.
+        contrastive_denominator: `"negatives"` is the paper's Eq. 2 (only the 2(N-1) cross-modal negatives in
+            the denominator); `"all"` is the standard symmetric InfoNCE (as CLIP), whose softmax keeps the
+            positive.
         use_simcl: weight the losses by S (Eq. 3); `False` gives plain unweighted contrastive + masked losses,
             the ablation of the paper.
         mask_probability: masking rate of every pretext task (MLM, MEM, MRP, MFP, MAM).

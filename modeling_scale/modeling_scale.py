@@ -649,6 +649,9 @@ class ScaleModel(ScalePreTrainedModel):
         return self.encoders[name](tokens, encoder_mask)
 
     def _encode(self, **inputs) -> _ScaleEncoding:
+        unknown = sorted(set(inputs) - set(MODEL_INPUT_NAMES))
+        if unknown:
+            raise TypeError(f"unexpected SCALE inputs {unknown}; the model reads {list(MODEL_INPUT_NAMES)}")
         embedded = {name: self._embed(name, inputs) for name in MODALITIES}
         given = [name for name in MODALITIES if embedded[name] is not None]
         if not given:

@@ -359,6 +359,21 @@ def test_regression_loss_is_the_mse_on_masked_present_tokens(config):
     torch.testing.assert_close(out.mam_loss, expected)
 
 
+@pytest.mark.parametrize("image, video", [("features", "features"), ("pixels", "pixels")])
+def test_forward_and_backward_need_no_data_dependent_host_sync(config, image, video):
+    """On the meta device there are no values: `.item()`, `nonzero`, boolean-mask indexing and data-dependent
+    Python branches would fail, so passing here means forward + backward never wait on the device."""
+    with torch.device("meta"):
+        model = ScaleForPreTraining(config)
+    inputs = make_inputs(config, image=image, video=video)
+    batch = {
+        key: value.to("meta") for key, value in {**inputs, **make_pretraining_targets(config, inputs)}.items()
+    }
+    out = model(**batch)
+    out.loss.backward()
+    assert out.loss.device.type == "meta" and out.product_embeds.shape == (BATCH, config.projection_dim)
+
+
 def test_errors_name_the_field(config):
     model = ScaleModel(config)
     with pytest.raises(ValueError, match="input_ids.*max_text_length"):
@@ -367,6 +382,8 @@ def test_errors_name_the_field(config):
         model(pixel_values=torch.zeros(1, 3, 32, 32), image_features=torch.zeros(1, 2, 24))
     with pytest.raises(ValueError, match="table_entity_ids"):
         model(table_input_ids=torch.ones(1, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="pixel_value"):
+        model.get_product_embeddings(pixel_value=torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match="batch size mismatch"):
         model(input_ids=torch.ones(2, 3, dtype=torch.long), audio_features=torch.zeros(3, 4, 8))
 
