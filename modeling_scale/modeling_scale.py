@@ -273,7 +273,10 @@ class ScaleImageEmbeddings(nn.Module):
         else:
             if image_boxes is None:
                 raise ValueError("`image_features` need their `image_boxes` (B, R, config.image_box_dim)")
-            tokens = self.feature_projection(image_features) + self.box_projection(image_boxes)
+            dtype = self.feature_projection.weight.dtype
+            tokens = self.feature_projection(image_features.to(dtype)) + self.box_projection(
+                image_boxes.to(dtype)
+            )
         cls = (self.cls_embedding + self.position_embeddings.weight[0]).expand(tokens.shape[0], 1, -1)
         return self.dropout(self.LayerNorm(torch.cat([cls.to(tokens.dtype), tokens], dim=1)))
 
@@ -310,7 +313,7 @@ class ScaleVideoEmbeddings(nn.Module):
             tokens = self.frame_projection(frames.to(self.frame_projection.weight.dtype))
             field = "video_pixel_values"
         else:
-            tokens = self.feature_projection(video_features)
+            tokens = self.feature_projection(video_features.to(self.feature_projection.weight.dtype))
             field = "video_features"
         frames = tokens.shape[1]
         _check_length(field, frames, self.position_embeddings.num_embeddings - 1, "max_video_frames")
@@ -338,7 +341,8 @@ class ScaleAudioEmbeddings(nn.Module):
         _check_length(
             "audio_features", audio_features.shape[1], self.max_tokens * self.group, "max_audio_frames"
         )
-        tokens = self.frame_projection(audio_group_vectors(audio_features, self.group))
+        groups = audio_group_vectors(audio_features, self.group)
+        tokens = self.frame_projection(groups.to(self.frame_projection.weight.dtype))
         tokens = tokens + self.position_embeddings.weight[1 : tokens.shape[1] + 1]
         cls = (self.cls_embedding + self.position_embeddings.weight[0]).expand(tokens.shape[0], 1, -1)
         return self.dropout(self.LayerNorm(torch.cat([cls.to(tokens.dtype), tokens], dim=1)))
@@ -678,17 +682,15 @@ class ScaleModel(ScalePreTrainedModel):
             present = present & modality_mask.bool()
 
         fusion_tokens, fusion_masks, spans, token_keep = [], [], {}, {}
-        modality_embeds, first_tokens, start = [], [], 0
-        projection_dim = self.config.projection_dim
+        features, first_tokens, start = {}, [], 0
         for index, name in enumerate(MODALITIES):
             if embedded[name] is None:
-                modality_embeds.append(torch.zeros(batch_size, projection_dim, device=device))
                 continue
             tokens, mask, _ = embedded[name]
             keep = mask & present[:, index, None]
             hidden = self._encode_modality(name, tokens, keep)
             feature = self.contrastive_projections[name](hidden[:, 0])
-            modality_embeds.append(torch.where(present[:, index, None], feature, 0.0))
+            features[name] = torch.where(present[:, index, None], feature, 0.0)
             fusion_tokens.append(hidden + self.modality_type_embeddings.weight[index])
             fusion_masks.append(keep)
             token_keep[name] = keep
@@ -705,7 +707,8 @@ class ScaleModel(ScalePreTrainedModel):
         pooled = summed / given_present.sum(dim=1, keepdim=True).clamp(min=1)
         product_embeds = self.product_projection(pooled)
 
-        modality_embeds = torch.stack(modality_embeds, dim=1)
+        absent = torch.zeros_like(features[given[0]])
+        modality_embeds = torch.stack([features.get(name, absent) for name in MODALITIES], dim=1)
         alignment = alignment_scores(
             modality_embeds, present, self.config.alignment, self.alignment_parameter
         )

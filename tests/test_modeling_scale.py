@@ -469,6 +469,23 @@ def test_bf16_autocast_on_cpu(pretraining_model, config):
     out.loss.backward()
 
 
+def test_bf16_weights_take_float32_inputs(config):
+    torch.manual_seed(0)
+    model = ScaleForPreTraining(config).to(torch.bfloat16)
+    inputs = make_inputs(config)
+    targets = make_pretraining_targets(config, inputs)
+    for key in (
+        "table_input_ids",
+        "table_attention_mask",
+        "table_entity_ids",
+    ):  # one modality not given at all
+        inputs.pop(key)
+    out = model(**inputs, **{key: value for key, value in targets.items() if key != "table_labels"})
+    assert out.product_embeds.dtype == torch.bfloat16 and torch.all(out.table_embeds == 0)
+    assert torch.isfinite(out.loss) and out.mem_loss == 0
+    out.loss.backward()
+
+
 # --------------------------------------------------------------------------------------------------- heads
 
 
