@@ -116,8 +116,10 @@ def _readable_input_errors(component: gr.components.Component, what: str) -> gr.
         try:
             return preprocess(payload)
         except Exception as error:
-            name = getattr(payload, "orig_name", None) or Path(getattr(payload, "path", None) or what).name
-            raise gr.Error(f"The {what} '{name}' could not be read ({error}).") from error
+            path = getattr(payload, "path", None)
+            name = getattr(payload, "orig_name", None) or Path(path or what).name
+            reason = str(error).replace(str(path), name) if path else str(error)  # no server paths shown
+            raise gr.Error(f"The {what} '{name}' could not be read ({reason}).") from error
 
     component.preprocess = checked_preprocess
     return component
@@ -318,8 +320,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument(
         "--max-file-size",
+        type=_file_size,
         default=env("SCALE_MAX_FILE_SIZE", "20mb"),
-        help="largest accepted upload (gradio launch max_file_size)",
+        help="largest accepted upload: bytes, or with a unit such as 20mb (gradio launch max_file_size)",
     )
     parser.add_argument(
         "--queue-size",
@@ -336,6 +339,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _file_size(value: str) -> int | str:
+    """Plain digits are bytes; anything else ("20mb", "1gb") is left to gradio's parser."""
+    return int(value) if value.strip().isdigit() else value
+
+
 def _local_or_hub(local: Path, hub_id: str) -> str:
     """The main job's output in a checkout where it ran, else the published copy (e.g. on a Space)."""
     return str(local) if local.exists() else hub_id
@@ -349,7 +357,8 @@ def _cuda_available() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    for chatty in ("httpx", "faiss.loader"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     args = parse_args(argv)
     engine = load_search_engine(
         checkpoint=args.checkpoint,

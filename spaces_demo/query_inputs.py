@@ -69,6 +69,11 @@ def read_table(rows: Any) -> list[tuple[str, str]]:
     return pairs
 
 
+def _reason(error: Exception, path: Path) -> str:
+    """The decoder's complaint, without the server-side folder of the upload (the visitor knows the name)."""
+    return str(error).replace(str(path.parent) + "/", "")
+
+
 def _check_suffix(path: Path, modality: str, suffixes: Sequence[str]) -> None:
     if path.suffix.lower() not in suffixes:
         raise QueryError(
@@ -93,7 +98,7 @@ def read_image(path: str | Path) -> Image.Image:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise QueryError(
-            f"The image '{path.name}' could not be read ({error}). Is it a real image file?"
+            f"The image '{path.name}' could not be read ({_reason(error, path)}). Is it a real image file?"
         ) from error
 
 
@@ -112,7 +117,8 @@ def _check_clip(path: Path, modality: str) -> None:
             decoder.get_samples_played_in_range(0.0, 0.5)
     except Exception as error:  # torchcodec raises RuntimeError/ValueError/IndexError depending on the damage
         raise QueryError(
-            f"The {modality} file '{path.name}' could not be decoded ({error}). Is it a real {modality} file?"
+            f"The {modality} file '{path.name}' could not be decoded ({_reason(error, path)}). "
+            f"Is it a real {modality} file?"
         ) from error
     if seconds is not None and seconds > MAX_CLIP_SECONDS:
         raise QueryError(
