@@ -277,6 +277,7 @@ def test_save_and_auto_reload(processor, media, tmp_path):
         torch.testing.assert_close(got[key], expected[key])
 
 
+@pytest.mark.slow
 def test_remote_code_reload_without_the_package(processor, media, tmp_path):
     processor.save_pretrained(tmp_path)
     script = f"""
