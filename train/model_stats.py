@@ -1,4 +1,4 @@
-"""Parameter count and forward+backward FLOPs per sample of SCALE (paper-sized by default).
+"""Parameter count and FLOPs per sample of SCALE (paper-sized by default).
 
 Inputs have the paper's sizes: 36 caption tokens, 64 table tokens, 36 detector regions (2048-d + 5-d box),
 12 per-second video features (1024-d), 750 log-mel frames (80 bins); every pretext task and SIMCL are on, so
@@ -17,6 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from modeling_scale import ScaleConfig, ScaleForPreTraining
+from modeling_scale.modeling_scale import MODEL_INPUT_NAMES
 
 PAPER_INPUT_SIZES = {"text": 36, "table": 64, "regions": 36, "frames": 12, "audio_frames": 750}
 
@@ -80,6 +81,10 @@ def measure(config: ScaleConfig | None = None, batch_size: int = 2) -> dict[str,
         output = model(**batch)
         output.loss.backward()
     seconds = time.perf_counter() - start
+    inference_counter = FlopCounterMode(display=False)
+    model_inputs = {key: value for key, value in batch.items() if key in MODEL_INPUT_NAMES}
+    with torch.no_grad(), inference_counter:
+        model.scale(**model_inputs)
     if not torch.isfinite(output.loss):
         raise RuntimeError(f"the forward pass gave a non-finite loss: {output.loss}")
     return {
@@ -89,6 +94,7 @@ def measure(config: ScaleConfig | None = None, batch_size: int = 2) -> dict[str,
         "parameters_fusion_encoder": count_parameters(model.scale.fusion_encoder),
         "fusion_tokens": fusion_tokens(config),
         "train_flops_per_sample": counter.get_total_flops() / batch_size,
+        "inference_flops_per_sample": inference_counter.get_total_flops() / batch_size,
         "batch_size": batch_size,
         "seconds_forward_backward": seconds,
         "loss": output.loss.item(),
@@ -104,13 +110,21 @@ def main() -> None:
     if args.json:
         print(json.dumps(stats))
         return
-    print(f"parameters (ScaleForPreTraining): {stats['parameters_pretraining'] / 1e6:.1f} M")
-    print(f"parameters (ScaleModel):          {stats['parameters_base_model'] / 1e6:.1f} M")
-    print(f"  per modality encoder:           {stats['parameters_per_encoder'] / 1e6:.1f} M")
-    print(f"  JCT:                            {stats['parameters_fusion_encoder'] / 1e6:.1f} M")
-    print(f"JCT tokens per sample:            {stats['fusion_tokens']}")
-    print(f"forward+backward FLOPs / sample:  {stats['train_flops_per_sample'] / 1e9:.1f} GFLOP")
-    print(f"(batch {stats['batch_size']}, {stats['seconds_forward_backward']:.1f} s on this machine)")
+    rows = [
+        ("parameters, ScaleForPreTraining", f"{stats['parameters_pretraining'] / 1e6:.1f} M"),
+        ("parameters, ScaleModel", f"{stats['parameters_base_model'] / 1e6:.1f} M"),
+        ("  one modality encoder", f"{stats['parameters_per_encoder'] / 1e6:.1f} M"),
+        ("  JCT", f"{stats['parameters_fusion_encoder'] / 1e6:.1f} M"),
+        ("JCT tokens per sample", str(stats["fusion_tokens"])),
+        ("pretraining forward+backward / sample", f"{stats['train_flops_per_sample'] / 1e9:.1f} GFLOP"),
+        ("ScaleModel forward / sample", f"{stats['inference_flops_per_sample'] / 1e9:.1f} GFLOP"),
+        (
+            "wall time (batch, this machine)",
+            f"{stats['seconds_forward_backward']:.1f} s ({stats['batch_size']})",
+        ),
+    ]
+    for name, value in rows:
+        print(f"{name:<40}{value}")
 
 
 if __name__ == "__main__":
