@@ -87,10 +87,8 @@ class DataCollatorForScalePretraining:
     - MEM: whole table entities (a key or a value span, `table_entity_ids`); `table_labels` as for MLM, the
       80/10/10 choice made once per entity.
     - MRP / MFP / MAM: image patches (pixel path, row-major) or regions (feature path), video frames, and
-      groups of
-      `audio_subsampling` audio frames. `masked_{image,video,audio}_positions` (B, N) marks them, the input is
-      zeroed
-      there, and `{image,video,audio}_targets` keeps an unmasked copy of the input.
+      groups of `audio_subsampling` audio frames. `masked_{image,video,audio}_positions` (B, N) marks them,
+      the input is zeroed there, and `{image,video,audio}_targets` keeps an unmasked copy of the input.
 
     Args:
         processor_or_tokenizer: a [`ScaleProcessor`] or its tokenizer (pads token fields, gives [MASK]).

@@ -150,8 +150,8 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
         **kwargs,
     ) -> BatchFeature:
         """
-        Features of one waveform or a list of them, padded to the longest (or to `max_frames` with
-        `padding="max_length"`).
+        Features of one waveform or a list of them, padded to the longest one, or to `max_frames` with
+        `padding="max_length"`.
         """
         if sampling_rate is not None and sampling_rate != self.sampling_rate:
             raise ValueError(

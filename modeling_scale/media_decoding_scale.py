@@ -1,5 +1,4 @@
-"""Turning whatever a user or `datasets` hands us (paths, bytes, arrays, torchcodec decoders) into pixels and
-samples.
+"""Turning what users and `datasets` hand over (paths, bytes, arrays, torchcodec decoders) into media data.
 
 Decoding is the one place where real-world files fail, so every loader here raises `MediaDecodingError` with a
 description of the source; the processor adds the sample index and modality. Audio and video go through
@@ -141,9 +140,8 @@ def load_video_frames(source: Any, fps: float, max_frames: int) -> np.ndarray:
     Frames sampled at `fps` frames per second from the start, at most `max_frames`, as (T, H, W, C).
 
     Files, bytes and torchcodec `VideoDecoder` objects (what `datasets`' `Video` feature yields) are sampled
-    at `fps`;
-    already decoded frames (arrays / tensors / lists of images) are taken as sampled and only cut to
-    `max_frames`.
+    at `fps`; already decoded frames (arrays / tensors / lists of images) are taken as sampled and only cut
+    to `max_frames`.
     """
     if _is_video_decoder(source):
         decoder = source
@@ -201,10 +199,8 @@ def load_audio(source: Any, sampling_rate: int, max_seconds: float | None) -> np
     The first `max_seconds` of mono audio at `sampling_rate` Hz as a float32 array.
 
     Accepts paths / bytes (decoded and resampled by torchcodec), torchcodec `AudioDecoder` objects (what
-    `datasets`'
-    `Audio` feature yields), `(array, sampling_rate)` tuples, `{"array", "sampling_rate"}` dicts, and bare
-    arrays
-    or tensors, which are taken to be at `sampling_rate` already.
+    `datasets`' `Audio` feature yields), `(array, sampling_rate)` tuples, `{"array", "sampling_rate"}` dicts,
+    and bare arrays or tensors, which are taken to be at `sampling_rate` already.
     """
     stop = None if max_seconds is None else float(max_seconds)
     if _is_audio_decoder(source):

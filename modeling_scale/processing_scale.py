@@ -50,8 +50,7 @@ class ScaleProcessor(ProcessorMixin):
         video_fps: video frames sampled per second (1 in the paper).
         max_video_frames: frames kept from the start of each video (12 in the paper).
         on_error: `"raise"` (default) stops at an unreadable input with an error naming the sample, modality
-        and
-            file; `"missing"` logs a warning, marks that modality missing for that sample and counts it in
+            and file; `"missing"` logs a warning, marks that modality missing for that sample and counts it in
             `decode_error_counts`, so that one corrupt file does not stop a long preprocessing run.
     """
 

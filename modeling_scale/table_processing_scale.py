@@ -1,5 +1,4 @@
-"""Product property tables: parsing the formats users and the M5Product release use, and serialising them to
-tokens.
+"""Product property tables: parsing the formats of users and of the M5Product release, serialising to tokens.
 
 A table becomes "[CLS] key1 : value1 ; key2 : value2 ... [SEP]". Every key and every value is an *entity*
 (key of pair k -> entity 2k-1, value -> 2k, so parity tells key from value); `table_entity_ids` records which
@@ -26,12 +25,11 @@ def parse_table(table: Any) -> list[tuple[str, str]]:
     - a list of `(key, value)` pairs,
     - a list of `{"key": ..., "value": ...}` dicts (the converted dataset's `table` feature),
     - a `{key: value}` mapping,
-    - the M5Product release's `"prop#:#value#;#prop#:#value"` string (a segment without `#:#` is a value-less
-      key).
+    - the M5Product release's `"prop#:#value#;#prop#:#value"` string (a segment without `#:#` is a key
+      without value).
 
     Pairs whose key and value are both blank are dropped; a table left without any pair is an error, because
-    it
-    would be a "present" modality with no content (pass `None` for a missing table).
+    it would be a "present" modality with no content (pass `None` for a missing table).
     """
     if isinstance(table, str):
         pairs = []
@@ -84,8 +82,8 @@ class ScaleTableProcessor:
     ints, unpadded) with the processor's tokenizer.
 
     Truncation to `max_length` tokens happens on entity boundaries: pairs are kept in order while they fit; a
-    key
-    whose value does not fit is dropped with it. Only when not even the first pair fits is it cut token-wise.
+    key whose value does not fit is dropped with it. Only when not even the first pair fits is it cut
+    token-wise.
     """
 
     def __init__(
