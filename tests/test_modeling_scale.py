@@ -249,7 +249,7 @@ def test_masked_out_values_change_no_output(pretraining_model, config, image, vi
     changed = pretraining_model(**scramble_masked_out(inputs, config), **scramble_targets(targets, inputs))
     assert_outputs_close(reference, changed, atol=1e-6)
     for name in LOSS_NAMES:
-        assert torch.isfinite(reference[name]) and reference[name] > 0, name
+        assert torch.isfinite(reference[name]) and reference[name] != 0, name
 
 
 def test_modality_subset_equals_omitting_inputs(config):
