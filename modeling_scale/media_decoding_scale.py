@@ -70,16 +70,23 @@ def _file_or_bytes(source: Any) -> str | bytes | None:
 
 
 # ----------------------------------------------------------------------------------------------------- images
-def load_image(source: Any) -> PIL.Image.Image | np.ndarray | torch.Tensor:
-    """An RGB PIL image from a path / bytes / `{"path","bytes"}` dict; arrays and PIL images as given."""
+def load_image(source: Any) -> PIL.Image.Image | np.ndarray:
+    """An RGB PIL image from a path / bytes / `{"path","bytes"}` dict / PIL image, or a 3-channel array."""
     if isinstance(source, PIL.Image.Image):
         return source.convert("RGB") if source.mode != "RGB" else source
     if isinstance(source, (np.ndarray, torch.Tensor)):
-        if source.ndim not in (2, 3):
+        array = source.detach().cpu().numpy() if isinstance(source, torch.Tensor) else source
+        if array.ndim == 2:  # greyscale
+            return np.repeat(array[..., None], 3, axis=-1)
+        if array.ndim != 3:
             raise MediaDecodingError(
-                f"an image array needs 2 or 3 dimensions, got shape {tuple(source.shape)}"
+                f"an image array needs 2 or 3 dimensions, got shape {tuple(array.shape)}"
             )
-        return source
+        if array.shape[-1] in (1, 4) and array.shape[0] not in (1, 3):  # channels last: grey or RGBA
+            return np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array[..., :3]
+        if array.shape[0] in (1, 4) and array.shape[-1] not in (1, 3):  # channels first
+            return np.repeat(array, 3, axis=0) if array.shape[0] == 1 else array[:3]
+        return array
     encoded = _file_or_bytes(source)
     if encoded is None:
         raise MediaDecodingError(

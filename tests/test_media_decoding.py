@@ -43,6 +43,9 @@ def test_image_sources_give_rgb(media):
     assert np.array_equal(np.asarray(from_dict), np.asarray(from_path))
     array = np.zeros((5, 6, 3), np.uint8)
     assert load_image(array) is array
+    assert load_image(np.zeros((5, 6), np.uint8)).shape == (5, 6, 3)  # greyscale
+    assert load_image(np.zeros((5, 6, 4), np.uint8)).shape == (5, 6, 3)  # RGBA
+    assert load_image(torch.zeros(1, 5, 6)).shape == (3, 5, 6)  # channels-first greyscale tensor
 
 
 @pytest.mark.parametrize("name", ["jpeg_corrupt", "png_corrupt", "not_an_image"])
