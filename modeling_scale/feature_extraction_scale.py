@@ -35,6 +35,9 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
         max_duration: seconds kept from the start of each clip.
         feature_type: `"mfcc"` or `"log_mel"` (natural log of the mel power, floored at 1e-10).
         top_db: dynamic range of the dB mel spectrogram the MFCC is taken from.
+        normalize: per-clip mean and variance normalisation of each coefficient over the clip's frames (CMVN,
+            as speech front ends do). Raw dB-scale MFCCs reach hundreds, so MAM's regression loss would dwarf
+            every other pretraining term; normalised features keep it O(1).
         stft_backend: `"torch"` (`torch.stft`, default) or `"numpy"` (`transformers.audio_utils.spectrogram`);
             both give the same features up to float rounding.
         padding_value: value of padded frames.
@@ -52,6 +55,7 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
         max_duration: float = 12.0,
         feature_type: str = "mfcc",
         top_db: float = 80.0,
+        normalize: bool = True,
         stft_backend: str = "torch",
         padding_value: float = 0.0,
         **kwargs,
@@ -75,6 +79,7 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
         self.max_duration = max_duration
         self.feature_type = feature_type
         self.top_db = top_db
+        self.normalize = normalize
         self.stft_backend = stft_backend
         self.mel_filters = mel_filter_bank(
             num_frequency_bins=1 + n_fft // 2,
@@ -139,7 +144,10 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
             features = scipy.fft.dct(log_mel, type=2, axis=0, norm="ortho")[: self.feature_size]
         else:
             features = log_mel
-        return np.ascontiguousarray(features.T[: self.max_frames], dtype=np.float32)
+        features = features.T[: self.max_frames]
+        if self.normalize:
+            features = (features - features.mean(axis=0)) / np.sqrt(features.var(axis=0) + 1e-7)
+        return np.ascontiguousarray(features, dtype=np.float32)
 
     def __call__(
         self,

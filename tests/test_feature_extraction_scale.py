@@ -47,7 +47,7 @@ def waveform():
 @pytest.mark.parametrize("backend", ["torch", "numpy"])
 @pytest.mark.parametrize("feature_type", ["mfcc", "log_mel"])
 def test_features_match_reference_definition(waveform, backend, feature_type):
-    extractor = ScaleFeatureExtractor(stft_backend=backend, feature_type=feature_type)
+    extractor = ScaleFeatureExtractor(stft_backend=backend, feature_type=feature_type, normalize=False)
     features = extractor(waveform, sampling_rate=RATE, return_tensors="np")["audio_features"][0]
     expected, _ = reference_mfcc(waveform, log_mel_only=feature_type == "log_mel")
     assert features.shape == expected.shape == (1 + len(waveform) // 256, 80)
@@ -61,11 +61,20 @@ def test_fewer_mfcc_coefficients_are_the_leading_ones(waveform):
 
 
 def test_log_mel_peaks_at_the_tone(waveform):
-    extractor = ScaleFeatureExtractor(feature_type="log_mel")
+    extractor = ScaleFeatureExtractor(feature_type="log_mel", normalize=False)
     log_mel = extractor(waveform, return_tensors="np")["audio_features"][0]
     _, edges = reference_mfcc(waveform)
     peak = int(log_mel.mean(axis=0).argmax())
     assert edges[peak] < 1000.0 < edges[peak + 2]  # the peak filter's support holds 1 kHz
+
+
+def test_normalised_features_are_standardised_per_clip(waveform):
+    raw = ScaleFeatureExtractor(normalize=False)(waveform, return_tensors="np")["audio_features"][0]
+    normalised = ScaleFeatureExtractor()(waveform, return_tensors="np")["audio_features"][0]
+    np.testing.assert_allclose(normalised.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(normalised.std(axis=0), 1.0, atol=1e-3)
+    np.testing.assert_allclose(normalised, (raw - raw.mean(0)) / raw.std(0), rtol=1e-3, atol=1e-3)
+    assert np.abs(raw).max() > 50  # what the normalisation is for
 
 
 def test_first_twelve_seconds_give_750_frames_and_padding_mask():
