@@ -36,6 +36,7 @@ from multiprocessing import Pool
 from .raw_layout import (
     CONFIG_SPLITS,
     MEDIA,
+    SPLIT_FILES,
     build_example,
     load_annotations,
     read_labels,
@@ -70,11 +71,18 @@ class ShardSpec:
         return hashlib.sha1("\n".join(self.item_ids).encode()).hexdigest()
 
 
-def plan_shards(raw_dir: str, items_per_shard: int) -> tuple[list[ShardSpec], dict[str, list[str]]]:
-    """Cut every split file into shards of `items_per_shard` ids; also return ids repeated within a split."""
-    shards, duplicates = [], {}
+def plan_shards(raw_dir: str, items_per_shard: int) -> tuple[list[ShardSpec], dict]:
+    """Cut every split file into shards of `items_per_shard` ids.
+
+    Also returns what was wrong with the split files: ids repeated within a split (kept once) and split files
+    that do not exist (their split is left out of the card rather than failing the whole run).
+    """
+    shards, duplicates, missing_files = [], {}, []
     for config, splits in CONFIG_SPLITS.items():
         for split in splits:
+            if not os.path.exists(os.path.join(raw_dir, SPLIT_FILES[config, split])):
+                missing_files.append(SPLIT_FILES[config, split])
+                continue
             ids = read_split_ids(raw_dir, config, split)
             seen, unique = set(), []
             for item_id in ids:
@@ -87,7 +95,7 @@ def plan_shards(raw_dir: str, items_per_shard: int) -> tuple[list[ShardSpec], di
             for index in range(num):
                 chunk = unique[index * items_per_shard : (index + 1) * items_per_shard]
                 shards.append(ShardSpec(config, split, index, num, chunk))
-    return shards, duplicates
+    return shards, {"duplicate_split_ids": duplicates, "missing_split_files": missing_files}
 
 
 def read_manifest_record(out_dir: str, spec: ShardSpec) -> dict | None:
@@ -206,7 +214,7 @@ def _waves(shards: list[ShardSpec], max_items: int) -> Iterator[list[ShardSpec]]
         yield wave
 
 
-def summarise(records: list[dict], duplicates: dict[str, list[str]]) -> dict:
+def summarise(records: list[dict], split_file_problems: dict) -> dict:
     """Merge the shards' issue reports: ids listed once even when an item appears in several configs."""
     unknown_ids: dict[str, list[str]] = {}
     malformed_pv, unknown_labels = {}, {}
@@ -230,7 +238,7 @@ def summarise(records: list[dict], duplicates: dict[str, list[str]]) -> dict:
     return {
         "splits": splits,
         "unknown_split_ids": unknown_ids,
-        "duplicate_split_ids": duplicates,
+        **split_file_problems,
         "malformed_pv": malformed_pv,
         "unknown_labels": unknown_labels,
         "corrupt_media": {m: sorted(ids) for m, ids in corrupt_media.items()},
@@ -249,12 +257,18 @@ def write_card(out_dir: str, label_names: list[str], summary: dict) -> None:
 
     features = m5product_features(label_names)
     configs, infos = {}, DatasetInfosDict()
-    for config, splits in CONFIG_SPLITS.items():
+    present = {
+        config: [split for split in splits if f"{config}/{split}" in summary["splits"]]
+        for config, splits in CONFIG_SPLITS.items()
+    }
+    for config, splits in present.items():
+        if not splits:
+            continue
         configs[config] = {
             "data_files": [
                 {"split": split, "path": f"{DATA_DIR}/{config}/{split}-*.parquet"} for split in splits
             ],
-            **({"default": True} if config == "pretrain" else {}),
+            **({"default": True} if config == next(c for c, s in present.items() if s) else {}),
         }
         split_dict = SplitDict()
         for split in splits:
@@ -279,6 +293,10 @@ def write_card(out_dir: str, label_names: list[str], summary: dict) -> None:
         "split-file ids missing from the annotation": sum(map(len, summary["unknown_split_ids"].values())),
         "malformed `pv` strings (well-formed pairs kept)": len(summary["malformed_pv"]),
         "labels outside labels.txt (stored as -1)": len(summary["unknown_labels"]),
+        "split files absent (split left out)": len(summary["missing_split_files"]),
+        "ids repeated within a split file (kept once)": sum(
+            map(len, summary["duplicate_split_ids"].values())
+        ),
         **{f"corrupt {m} files (stored as missing)": len(ids) for m, ids in summary["corrupt_media"].items()},
     }
     issue_rows = "\n".join(f"| {what} | {count:,} |" for what, count in issue_counts.items())
@@ -310,7 +328,7 @@ def convert(
         raise ValueError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
     start = time.perf_counter()
     label_names = read_labels(raw_dir)
-    shards, duplicates = plan_shards(raw_dir, items_per_shard)
+    shards, split_file_problems = plan_shards(raw_dir, items_per_shard)
     mine = [spec for ordinal, spec in enumerate(shards) if ordinal % num_shards == shard_index]
     pending = [spec for spec in mine if read_manifest_record(out_dir, spec) is None]
     done = len(mine) - len(pending)
@@ -345,7 +363,7 @@ def convert(
         missing = sum(record is None for record in complete)
         print(f"{missing} shards (other --shard-index runs) are not complete; the last run writes the card")
         return {"complete": False, "missing_shards": missing, "rows_written": written, "seconds": seconds}
-    summary = summarise(complete, duplicates)
+    summary = summarise(complete, split_file_problems)
     summary.update(
         complete=True,
         rows_written_this_run=written,
@@ -379,6 +397,7 @@ def _print_report(summary: dict) -> None:
     problems = {
         "unknown_split_ids": summary["unknown_split_ids"],
         "duplicate_split_ids": summary["duplicate_split_ids"],
+        "missing_split_files": summary["missing_split_files"],
         "malformed_pv": summary["malformed_pv"],
         "unknown_labels": summary["unknown_labels"],
         "corrupt_media": {m: ids for m, ids in summary["corrupt_media"].items() if ids},

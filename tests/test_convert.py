@@ -185,7 +185,8 @@ def broken(tiny_raw, tmp_path_factory):
     with open(os.path.join(raw_dir, ANNOTATION_FILE), "w", encoding="utf-8") as handle:
         json.dump(annotations, handle, ensure_ascii=False)
     with open(os.path.join(raw_dir, SPLIT_FILES["pretrain", "train"]), "a", encoding="utf-8") as handle:
-        handle.write("999999999999\n")
+        handle.write(f"999999999999\n{ids[0]}\n")
+    os.remove(os.path.join(raw_dir, SPLIT_FILES["classification", "test"]))
     return raw_dir, {
         "missing_image": missing_image,
         "truncated_video": truncated_video,
@@ -207,6 +208,8 @@ def test_bad_data_is_reported_and_nothing_valid_is_dropped(broken, tmp_path, cap
         assert json.load(handle) == json.loads(json.dumps(summary))
 
     assert summary["unknown_split_ids"] == {"pretrain/train": ["999999999999"]}
+    assert summary["duplicate_split_ids"] == {"pretrain/train": [bad["valid_ids"][0]]}
+    assert summary["missing_split_files"] == [SPLIT_FILES["classification", "test"]]
     assert summary["malformed_pv"] == {bad["malformed_pv"]: ["no separator here"]}
     assert summary["unknown_labels"] == {bad["unknown_label"]: "not/a/real/category"}
     assert summary["corrupt_media"] == {
@@ -231,3 +234,5 @@ def test_bad_data_is_reported_and_nothing_valid_is_dropped(broken, tmp_path, cap
     # the damaged items keep every other field
     assert rows[bad["truncated_video"]]["caption"] is not None or rows[bad["truncated_video"]]["image"]
     assert summary["splits"]["pretrain/train"]["num_rows"] == len(bad["valid_ids"])
+    # a missing split file costs that split only
+    assert list(_load(out_dir, "classification", tmp_path)) == ["train"]
