@@ -179,13 +179,16 @@ def _check_image(data: bytes) -> None:
 def _check_video(data: bytes) -> None:
     from torchcodec.decoders import VideoDecoder
 
-    decoder = VideoDecoder(data)
-    num_frames = decoder.metadata.num_frames
-    if not num_frames:
+    # exact seek mode scans every packet: a file cut short has fewer frames than its index (moov) promises
+    # when the index is at the front, and does not open at all when the index was at the end
+    decoder = VideoDecoder(data, seek_mode="exact")
+    metadata = decoder.metadata
+    if not metadata.num_frames:
         raise ValueError("no video frames")
-    # first and last frame: a truncated file fails on one of them whichever end holds the index (moov atom)
+    promised, present = metadata.num_frames_from_header, metadata.num_frames_from_content
+    if promised and present < promised:
+        raise ValueError(f"truncated: {present} of {promised} frames present")
     decoder[0]
-    decoder[num_frames - 1]
 
 
 def _check_audio(data: bytes) -> None:

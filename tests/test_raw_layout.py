@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from dataset_script.raw_layout import format_pv, iter_annotations, parse_pv
+from dataset_script.raw_layout import ItemIssues, format_pv, iter_annotations, parse_pv, read_media
 
 
 def test_parse_pv_keeps_every_well_formed_pair():
@@ -33,3 +33,40 @@ def test_iter_annotations_rejects_a_list(tmp_path):
     path.write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(ValueError, match="one JSON object keyed by item id"):
         list(iter_annotations(str(path)))
+
+
+def _mp4_bytes(tmp_path, index_at_front):
+    import av
+    import numpy as np
+
+    path = str(tmp_path / f"video-{index_at_front}.mp4")
+    options = {"movflags": "faststart"} if index_at_front else {}
+    with av.open(path, "w", format="mp4", options=options) as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for index in range(24):
+            pixels = np.random.default_rng(index).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24").reformat(format="yuv420p")
+            frame.pts = index
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+@pytest.mark.parametrize("index_at_front", [False, True])
+def test_a_truncated_video_is_corrupt_wherever_its_index_is(tmp_path, index_at_front):
+    data = _mp4_bytes(tmp_path, index_at_front)
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "1.mp4").write_bytes(data)
+    (tmp_path / "videos" / "2.mp4").write_bytes(data[: len(data) * 3 // 4])
+    issues = ItemIssues()
+    assert read_media(str(tmp_path), "video", "1", issues)["bytes"] == data
+    assert issues.corrupt_media == []
+    assert read_media(str(tmp_path), "video", "2", issues) is None
+    assert issues.corrupt_media == ["video"]
+    assert read_media(str(tmp_path), "video", "3", issues) is None  # absent: missing, not corrupt
+    assert issues.corrupt_media == ["video"]
