@@ -3,12 +3,14 @@
 from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
-    AutoImageProcessor,
     AutoModel,
     AutoModelForPreTraining,
     AutoModelForSequenceClassification,
     AutoProcessor,
 )
+
+# the real class: on transformers 5.17 without torchvision, `transformers.AutoImageProcessor` is a placeholder
+from transformers.models.auto.image_processing_auto import AutoImageProcessor
 
 from .collator_scale import DataCollatorForScalePretraining
 from .configuration_scale import MODALITIES, ScaleConfig
