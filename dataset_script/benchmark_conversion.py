@@ -5,7 +5,9 @@
 RAW_DIR defaults to outputs/sample_raw (generated with `--size default` when absent). The conversion runs into
 a temporary folder, so nothing of a real conversion is touched. Reported: rows/s over all configs (an item in
 two configs is two rows), the streaming speed of the annotation parser (the main process's serial part), the
-Parquet bytes per row relative to the raw files, and projections for the release's split sizes.
+Parquet bytes per row relative to the raw files, the cost of checking one product-sized file of each kind
+(an 800x800 JPEG, a 10 s 720p H.264 clip, a 12 s MP3: the sample's media are tiny, the release's are not),
+and projections for the release's split sizes.
 """
 
 from __future__ import annotations
@@ -45,6 +47,51 @@ def _raw_bytes_of_rows(raw_dir: str) -> int:
     return total
 
 
+def realistic_check_milliseconds(repeats: int = 3) -> dict[str, float]:
+    """CPU cost of validating one realistically sized file per modality (what dominates real conversion)."""
+    import av
+    import numpy as np
+    from PIL import Image
+
+    from .generate_sample import write_mp3
+    from .raw_layout import MEDIA_CHECKS
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as folder:
+        image = np.repeat(rng.integers(0, 255, (100, 100, 3), dtype=np.uint8), 8, axis=0).repeat(8, axis=1)
+        Image.fromarray(image).save(os.path.join(folder, "image.jpg"), quality=85)
+        with av.open(os.path.join(folder, "video.mp4"), "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=25)
+            stream.width, stream.height, stream.pix_fmt = 1280, 720, "yuv420p"
+            stream.options = {"preset": "ultrafast", "g": "50"}
+            base = rng.integers(0, 255, (45, 80, 3), dtype=np.uint8).repeat(16, axis=0).repeat(16, axis=1)
+            for index in range(250):
+                frame = av.VideoFrame.from_ndarray(np.roll(base, 4 * index, axis=1), format="rgb24")
+                frame = frame.reformat(format="yuv420p")
+                frame.pts = index
+                for packet in stream.encode(frame):
+                    container.mux(packet)
+            for packet in stream.encode(None):
+                container.mux(packet)
+        seconds = np.arange(12 * 44100) / 44100
+        write_mp3(
+            os.path.join(folder, "audio.mp3"),
+            (0.3 * np.sin(2 * np.pi * 440 * seconds)).astype(np.float32),
+            44100,
+        )
+        costs = {}
+        for modality, name in (("image", "image.jpg"), ("video", "video.mp4"), ("audio", "audio.mp3")):
+            with open(os.path.join(folder, name), "rb") as handle:
+                data = handle.read()
+            MEDIA_CHECKS[modality](data)  # warm-up: imports, codec initialisation
+            start = time.process_time()
+            for _ in range(repeats):
+                MEDIA_CHECKS[modality](data)
+            costs[modality] = round(1000 * (time.process_time() - start) / repeats, 1)
+            costs[f"{modality}_kib"] = len(data) // 1024
+    return costs
+
+
 def _cpu_seconds() -> float:
     """User + system time of this process and its finished children (the pool's workers)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -56,6 +103,7 @@ def benchmark(raw_dir: str, num_proc: int, items_per_shard: int) -> dict:
     item_ids = [item_id for item_id, _ in iter_annotations(os.path.join(raw_dir, ANNOTATION_FILE))]
     parse_seconds = time.perf_counter() - start
     raw_bytes = _raw_bytes_of_rows(raw_dir)
+    realistic = realistic_check_milliseconds()
 
     with tempfile.TemporaryDirectory() as out_dir:
         cpu_before = _cpu_seconds()
@@ -97,6 +145,13 @@ def benchmark(raw_dir: str, num_proc: int, items_per_shard: int) -> dict:
                 RELEASE_ITEMS / (len(item_ids) / parse_seconds) / 60, 1
             ),
             "parquet_gib_with_sample_sized_media": round(release_rows * bytes_per_row / 2**30, 1),
+            "check_ms_per_realistic_file": realistic,
+            "cpu_hours_upper_bound_every_row_with_all_three_realistic_media": round(
+                release_rows * (cpu_seconds / rows + sum(realistic[m] for m in MEDIA) / 1000) / 3600, 1
+            ),
+            "parquet_tib_upper_bound_every_row_with_all_three_realistic_media": round(
+                release_rows * sum(realistic[f"{m}_kib"] for m in MEDIA) / 2**30, 2
+            ),
             "note": (
                 "media are embedded unchanged, so the Parquet size is the raw media size of the rows "
                 "written (an item in several configs counts once per config) times "
