@@ -166,8 +166,9 @@ class DataCollatorForScalePretraining:
                     reference = next(row for row in rows if row is not None)
                     rows = [torch.zeros_like(reference) if row is None else row for row in rows]
                 batch[key] = _pad_stack(rows) if key != "pixel_values" else torch.stack(rows)
-            elif key == "modality_mask" and all(value is not None for value in values):
-                batch[key] = torch.stack([_as_tensor(value) for value in values]).long()
+            elif key == "modality_mask":
+                if all(value is not None for value in values):  # else derived from the fields below
+                    batch[key] = torch.stack([_as_tensor(value) for value in values]).long()
             else:
                 batch[key] = _maybe_tensor(values)
         if "modality_mask" not in batch:

@@ -244,6 +244,13 @@ def test_rows_without_a_modality_key_are_padding(processor):
         [{"input_ids": [101, 2417, 102], "attention_mask": [1, 1, 1]}]
     )
     assert derived["modality_mask"].tolist() == [[1, 0, 0, 0, 0]]
+    mixed = [
+        {"input_ids": [101, 102], "attention_mask": [1, 1], "modality_mask": [1, 0, 0, 0, 0]},
+        {"audio_features": np.ones((3, 80)), "audio_mask": [1, 1, 1]},
+    ]
+    assert DataCollatorForScalePretraining(processor, config=CONFIG, seed=0)(mixed)[
+        "modality_mask"
+    ].tolist() == [[1, 0, 0, 0, 0], [0, 0, 0, 0, 1]]
 
 
 def test_datasets_map_then_collate(processor):
