@@ -12,6 +12,8 @@ gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
+pytestmark = pytest.mark.slow  # one app server for the module (~15 s to start on 2 cores)
+
 MODALITIES = ("text", "table", "image", "video", "audio")
 K = 5
 MAX_FILE_SIZE = 2 * 1024 * 1024
