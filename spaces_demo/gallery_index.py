@@ -71,10 +71,11 @@ def product_modalities(example: dict) -> tuple[str, ...]:
 def checkpoint_fingerprint(checkpoint: str | Path) -> str:
     """Changes whenever the checkpoint's configs (content) or weight files (size, mtime) change."""
     checkpoint = Path(checkpoint)
+    if not checkpoint.is_dir():  # a Hub id: fingerprint the snapshot that from_pretrained downloaded
+        from transformers.utils import cached_file
+
+        checkpoint = Path(cached_file(str(checkpoint), "config.json")).parent
     digest = hashlib.sha256()
-    if not checkpoint.is_dir():  # a Hub id: the revision is what identifies it
-        digest.update(str(checkpoint).encode())
-        return digest.hexdigest()[:16]
     for path in sorted(checkpoint.iterdir()):
         if path.suffix == ".json":
             digest.update(path.name.encode() + path.read_bytes())
@@ -254,21 +255,21 @@ def load_or_build_index(
 ) -> GalleryIndex:
     """The cached index of (checkpoint, gallery) under `index_root`, built with `embed_gallery` when missing.
 
-    The cache folder's name hashes what the index depends on, so a new checkpoint or gallery gets its own
-    folder; `meta.json` is written last, so an interrupted build is never mistaken for a finished one.
+    The cache folder's name hashes what the index depends on (the checkpoint's and the gallery's contents, not
+    the paths they were reached by), so a new checkpoint or gallery gets its own folder; `meta.json` is
+    written last, so an interrupted build is never mistaken for a finished one.
     """
-    meta = {
+    depends_on = {
         "format": CACHE_FORMAT_VERSION,
-        "checkpoint": str(checkpoint),
         "checkpoint_fingerprint": checkpoint_fingerprint(checkpoint),
         "gallery_fingerprint": gallery._fingerprint,
         "num_products": len(gallery),
         "index_factory": index_factory,
     }
-    key = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(depends_on, sort_keys=True).encode()).hexdigest()[:16]
     index_dir = Path(index_root) / key
     meta_file = index_dir / "meta.json"
-    if meta_file.exists() and json.loads(meta_file.read_text()) == meta:
+    if meta_file.exists() and json.loads(meta_file.read_text())["depends_on"] == depends_on:
         logger.info("Loading the cached gallery index %s", index_dir)
         embeddings = np.load(index_dir / "embeddings.npy")
         return GalleryIndex(
@@ -280,5 +281,8 @@ def load_or_build_index(
     embeddings = np.asarray(embed_gallery(gallery), dtype=np.float32)
     embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
     index = GalleryIndex(gallery, embeddings, index_dir, index_factory=index_factory, device=device)
-    index.save(index_dir, meta)
+    index.save(
+        index_dir,
+        {"depends_on": depends_on, "checkpoint": str(checkpoint), "gallery": gallery.info.config_name},
+    )
     return index

@@ -122,7 +122,7 @@ def _check_clip(path: Path, modality: str) -> None:
         ) from error
     if seconds is not None and seconds > MAX_CLIP_SECONDS:
         raise QueryError(
-            f"The {modality} file '{path.name}' lasts {seconds:.0f} s; the limit is {MAX_CLIP_SECONDS:.0f} s."
+            f"The {modality} file '{path.name}' lasts {seconds:.1f} s; the limit is {MAX_CLIP_SECONDS:g} s."
         )
 
 
