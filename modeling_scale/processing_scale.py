@@ -250,7 +250,7 @@ class ScaleProcessor(ProcessorMixin):
         the sample lacks that modality) or `None` when no sample has it; `text` may be a single string.
 
         Args:
-            text: captions.
+            text: captions; a blank one counts as missing.
             tables: (key, value) pairs, `{"key", "value"}` dicts or `"prop#:#value#;#..."` strings; an empty
                 list means missing (the converted dataset's convention), a table without text is an error.
             images: PIL images, arrays (H, W, C or C, H, W), paths or encoded bytes.
