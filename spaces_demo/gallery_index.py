@@ -111,7 +111,7 @@ class GalleryIndex:
 
     Args:
         gallery: the gallery split, as `load_dataset(...)` returns it.
-        embeddings: (len(gallery), D) float32 product embeddings, L2-normalised (scores are cosines).
+        embeddings: (len(gallery), D) product embeddings; L2-normalised here, so scores are cosines.
         cache_dir: where thumbnails and exported media of this gallery live.
         index_file: a saved FAISS index to load instead of building one from `embeddings`.
         index_factory: FAISS factory string (None = exact inner-product search).
@@ -131,7 +131,9 @@ class GalleryIndex:
             raise ValueError(f"{len(embeddings)} embeddings for a gallery of {len(gallery)} products")
         import faiss
 
-        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        norms = np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+        self.embeddings = np.ascontiguousarray(embeddings / norms)  # inner product = cosine
         self.cache_dir = Path(cache_dir)
         self.category_names = gallery.features["label"].names if "label" in gallery.features else None
         self._catalogue = gallery.select_columns(["item_id", "caption"])  # a view; FAISS attaches elsewhere
@@ -278,9 +280,9 @@ def load_or_build_index(
     logger.info(
         "Embedding %d gallery products into %s (once; later starts reuse it)", len(gallery), index_dir
     )
-    embeddings = np.asarray(embed_gallery(gallery), dtype=np.float32)
-    embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
-    index = GalleryIndex(gallery, embeddings, index_dir, index_factory=index_factory, device=device)
+    index = GalleryIndex(
+        gallery, embed_gallery(gallery), index_dir, index_factory=index_factory, device=device
+    )
     index.save(
         index_dir,
         {"depends_on": depends_on, "checkpoint": str(checkpoint), "gallery": gallery.info.config_name},
