@@ -17,7 +17,10 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +101,21 @@ def _placeholder_thumbnail(modalities: tuple[str, ...]) -> Image.Image:
     return card
 
 
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[Path]:
+    """A private temporary name to write to, renamed onto `path` at the end: concurrent searches that need the
+    same thumbnail never read half a file or write over each other's."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp_", suffix=path.suffix)
+    os.close(descriptor)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
 def _first_video_frame(video: dict) -> Image.Image:
     from torchcodec.decoders import VideoDecoder
 
@@ -127,6 +145,8 @@ class GalleryIndex:
         index_factory: str | None = None,
         device: int | list[int] | None = None,
     ):
+        if len(gallery) == 0:
+            raise ValueError("the gallery is empty: nothing to search")
         if len(embeddings) != len(gallery):
             raise ValueError(f"{len(embeddings)} embeddings for a gallery of {len(gallery)} products")
         import faiss
@@ -210,7 +230,6 @@ class GalleryIndex:
         path = self.cache_dir / "thumbnails" / f"{hashlib.md5(example['item_id'].encode()).hexdigest()}.jpg"
         if path.exists():
             return str(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         modalities = product_modalities(example)
         try:
             if "image" in modalities:
@@ -225,9 +244,8 @@ class GalleryIndex:
             logger.warning("Thumbnail of gallery product %s failed: %s", example["item_id"], error)
             picture = _placeholder_thumbnail(modalities)
         picture.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-        temporary = path.with_suffix(".tmp.jpg")
-        picture.save(temporary, quality=85)
-        temporary.replace(path)  # atomic: concurrent searches never see half a file
+        with _atomic_file(path) as temporary:
+            picture.save(temporary, format="JPEG", quality=85)
         return str(path)
 
     def export_media(self, item_id: str, modality: str) -> str | None:
@@ -240,10 +258,8 @@ class GalleryIndex:
         suffix = Path(media.get("path") or "").suffix or DEFAULT_SUFFIXES[modality]
         path = self.cache_dir / "media" / f"{hashlib.md5(item_id.encode()).hexdigest()}_{modality}{suffix}"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name("tmp_" + path.name)
-            temporary.write_bytes(media["bytes"])
-            temporary.replace(path)
+            with _atomic_file(path) as temporary:
+                temporary.write_bytes(media["bytes"])
         return str(path)
 
 
