@@ -234,7 +234,7 @@ def build_demo(
                 )
                 details = gr.Dataframe(
                     headers=RESULT_HEADERS,
-                    column_widths=["6%", "8%", "17%", "25%", "16%", "28%"],
+                    column_widths=[56, 64, 124, "26%", "17%", "auto"],
                     max_height=420,
                     label="Result details",
                     interactive=False,

@@ -105,6 +105,25 @@ def test_caption_and_image_give_k_results(page, sample_image, tmp_path):
     page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
 
 
+def test_gallery_product_as_the_query_finds_itself(page):
+    item_id = "560000253408"  # a coarse-gallery product of the seed-0 sample with all five modalities
+    page.get_by_text("Use a gallery product as the query").click()
+    page.locator("#product-picker input").press_sequentially(item_id)
+    page.get_by_role("option", name=item_id).click()
+    page.click("#load-product")
+    sync_api.expect(page.get_by_label("Caption")).not_to_have_value("")
+    sync_api.expect(page.locator("#query-video video")).to_have_count(1)
+    page.click("#search-button")
+    sync_api.expect(page.locator("#latency")).to_contain_text(
+        "query modalities: text, table, image, video, audio"
+    )
+    captions = page.locator("#results-gallery .caption-label")
+    sync_api.expect(captions).to_have_count(DEFAULT_K)
+    scores = {text.split("\n")[2]: text.split("\n")[0] for text in captions.all_inner_texts()}
+    caption = page.get_by_label("Caption").input_value()
+    assert scores[caption].endswith("score 1.000")  # its own gallery embedding
+
+
 def test_corrupt_image_shows_a_readable_error(page, tmp_path):
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"this is not a jpeg")
