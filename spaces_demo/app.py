@@ -32,7 +32,7 @@ HUB_MODEL_ID = "scale-m5product/scale"
 HUB_DATASET_ID = "scale-m5product/m5product-sample"
 """Where the release is published (README.md's `models:` / `datasets:`); used when no local run exists."""
 TABLE_HEADERS = ["property", "value"]
-RESULT_HEADERS = ["rank", "score", "item_id", "category", "modalities", "caption"]
+RESULT_HEADERS = ["#", "score", "item_id", "category", "modalities", "caption"]
 MAX_K = 50
 MAX_PICKER_CHOICES = 1000
 """The product picker lists this many gallery products; any other item id can be typed in."""
@@ -44,6 +44,7 @@ Off-diagonal cells weigh the pairwise contrastive terms, the diagonal the masked
 the query lacks stay blank.
 """
 CSS = """
+#results-table td, #results-table th { font-size: 0.78rem; }
 #results-gallery .thumbnail-item { aspect-ratio: auto; display: flex; flex-direction: column; }
 #results-gallery .thumbnail-item > img { height: 150px; flex: none; }
 #results-gallery .caption-label {
@@ -234,7 +235,7 @@ def build_demo(
                 )
                 details = gr.Dataframe(
                     headers=RESULT_HEADERS,
-                    column_widths=[56, 64, 124, "26%", "17%", "auto"],
+                    column_widths=["5%", "9%", "18%", "26%", "18%", "24%"],
                     max_height=420,
                     label="Result details",
                     interactive=False,
