@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 INDEX_NAME = "product_embeds"
 CACHE_FORMAT_VERSION = 1
 THUMBNAIL_SIZE = 256
+MAX_TRAIN_SIZE = 262_144
+"""Products an approximate FAISS index (`index_factory`, e.g. IVF) is trained on."""
 DEFAULT_SUFFIXES = {"image": ".jpg", "video": ".mp4", "audio": ".wav"}
 MEDIA_COLUMNS = {
     "image": ImageFeature(decode=False),
@@ -170,6 +172,7 @@ class GalleryIndex:
                 INDEX_NAME,
                 device=device,
                 string_factory=index_factory,
+                train_size=min(len(self.embeddings), MAX_TRAIN_SIZE) if index_factory else None,
                 metric_type=faiss.METRIC_INNER_PRODUCT,
             )
 

@@ -137,3 +137,9 @@ def test_an_interrupted_build_is_not_reused(gallery, checkpoint, tmp_path):
     (index.cache_dir / "meta.json").unlink()  # meta.json is written last: without it the build never finished
     load_or_build_index(gallery, embed, checkpoint, tmp_path / "index")
     assert embed.calls == 2
+
+
+def test_an_approximate_faiss_index_can_be_asked_for(gallery, tmp_path):
+    index = GalleryIndex(gallery, one_hot_embeddings(gallery), tmp_path, index_factory="IVF2,Flat")
+    assert type(index.gallery.get_index(INDEX_NAME).faiss_index).__name__ == "IndexIVFFlat"
+    assert index.search(np.eye(1, 8, k=4, dtype=np.float32), k=1)[0][0].item_id == "item4"
