@@ -105,6 +105,16 @@ def test_caption_and_image_give_k_results(page, sample_image, tmp_path):
     page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
 
 
+def test_unticked_modality_is_ignored_with_a_warning(page, sample_image):
+    page.get_by_label("Caption").fill("red cotton dress")
+    upload(page, "query-image", sample_image)
+    page.wait_for_selector("#query-image img")
+    page.locator("#search-with").get_by_label("text").uncheck()
+    page.click("#search-button")
+    expect_toast(page, "Not searched with text")
+    sync_api.expect(page.locator("#latency")).to_contain_text("query modalities: image")
+
+
 def test_gallery_product_as_the_query_finds_itself(page):
     item_id = "560000253408"  # a coarse-gallery product of the seed-0 sample with all five modalities
     page.get_by_text("Use a gallery product as the query").click()
