@@ -38,11 +38,14 @@ MAX_PICKER_CHOICES = 1000
 """The product picker lists this many gallery products; any other item id can be typed in."""
 ALIGNMENT_HELP = """
 #### Modality alignment of the query
-**S** is SIMCL's modality alignment matrix for this query (paper Eq. 3): the weight SCALE gives each pair
-of the query's modalities, from how well their features agree (with `alignment="feature"`, the default).
-Off-diagonal cells weigh the pairwise contrastive terms, the diagonal the masked-modelling terms. Modalities
-the query lacks stay blank.
+**S** is SIMCL's modality alignment matrix for this query (paper Eq. 3): the weight SCALE gives each pair of
+the query's modalities, {source}. Off-diagonal cells weigh the pairwise contrastive terms, the diagonal the
+masked-modelling terms. Modalities the query lacks stay blank.
 """
+ALIGNMENT_SOURCES = {
+    "feature": 'from how well their features agree (`alignment="feature"`, as the released code computes it)',
+    "learned": 'learned in pretraining, the same for every query (`alignment="learned"`, as the paper reads)',
+}
 CSS = """
 #results-table td, #results-table th { font-size: 0.78rem; }
 #results-gallery .thumbnail-item { aspect-ratio: auto; display: flex; flex-direction: column; }
@@ -250,7 +253,11 @@ def build_demo(
                         elem_id="alignment-plot",
                         scale=3,
                     )
-                    gr.Markdown(ALIGNMENT_HELP, elem_id="alignment-help")
+                    alignment_mode = getattr(engine.model.config, "alignment", "feature")
+                    gr.Markdown(
+                        ALIGNMENT_HELP.format(source=ALIGNMENT_SOURCES.get(alignment_mode, alignment_mode)),
+                        elem_id="alignment-help",
+                    )
 
         clear_button.add([text, table, image, video, audio, product])
         search_button.click(
