@@ -15,14 +15,7 @@ from gallery_index import GalleryHit, GalleryIndex, load_or_build_index
 from query_inputs import ProductQuery, QueryError
 
 from modeling_scale import MODALITIES
-
-PROCESSOR_ARGUMENTS = {
-    "text": "text",
-    "table": "tables",
-    "image": "images",
-    "video": "videos",
-    "audio": "audio",
-}
+from train.data import PROCESSOR_ARGUMENTS
 
 
 @dataclass
