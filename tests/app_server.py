@@ -76,6 +76,17 @@ def build_tiny_demo_assets(root: Path) -> DemoAssets:
     return assets
 
 
+def richest_gallery_product(assets: DemoAssets) -> str:
+    """The item id of a coarse-gallery product with as many modalities as any (all five in the sample)."""
+    from datasets import load_dataset
+
+    gallery = load_dataset(str(assets.dataset_dir), "retrieval_coarse", split="gallery")
+    rows = gallery.data.select(
+        ["item_id", "caption", "table", "image", "video", "audio"]
+    ).to_pylist()  # undecoded
+    return max(rows, key=lambda row: sum(bool(value) for value in row.values()))["item_id"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

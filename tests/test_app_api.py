@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from app_server import AppServer, tiny_demo_assets
+from app_server import AppServer, richest_gallery_product, tiny_demo_assets
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -16,12 +16,17 @@ pytestmark = pytest.mark.slow  # one app server for the module (~15 s to start o
 
 MODALITIES = ("text", "table", "image", "video", "audio")
 K = 5
+GALLERY_K = 20  # fewer than the test gallery's products; the random model ranks near-ties arbitrarily
 MAX_FILE_SIZE = 2 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    assets = tiny_demo_assets(tmp_path_factory)
+def assets(tmp_path_factory):
+    return tiny_demo_assets(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(assets, tmp_path_factory):
     log = tmp_path_factory.mktemp("app_api") / "app.log"
     app = AppServer(assets, log, "--max-file-size", str(MAX_FILE_SIZE)).wait_until_ready()
     yield app
@@ -34,9 +39,9 @@ def client(server) -> Client:
 
 
 @pytest.fixture(scope="module")
-def query_inputs(server, tmp_path_factory) -> dict:
+def query_inputs(assets) -> dict:
     """One value per modality: media files from the generated sample, a property table, a caption."""
-    raw = tiny_demo_assets(tmp_path_factory).raw_dir
+    raw = assets.raw_dir
     return {
         "text": "red cotton dress 红色 连衣裙",
         "table": {"headers": ["property", "value"], "data": [["材质", "纯棉"], ["颜色", "红色"]]},
@@ -88,20 +93,20 @@ def test_search_with_keeps_only_the_ticked_modalities(client, query_inputs):
     assert rows == image_only[1]["data"]
 
 
-def test_gallery_product_as_query_finds_itself(client):
-    item_id = "560000253408"  # a coarse-gallery product of the seed-0 sample with all five modalities
+def test_gallery_product_as_query_finds_itself(client, assets):
+    item_id = richest_gallery_product(assets)  # has all five modalities
     text, table, image, video, audio = client.predict(item_id, api_name="/load_product")
     assert text and table["data"] and image and video and audio
     outputs = search(
         client,
-        k=26,
+        k=GALLERY_K,
         text=text,
         table=table,
         image=handle_file(image),
         video=handle_file(video),
         audio=handle_file(audio),
     )
-    rows = check_results(outputs, 26, MODALITIES)
+    rows = check_results(outputs, GALLERY_K, MODALITIES)
     own_score = next(float(row[1]) for row in rows if row[2] == item_id)
     assert own_score >= 0.999  # its own gallery embedding: identical inputs, cosine 1
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from app_server import AppServer, tiny_demo_assets
+from app_server import AppServer, richest_gallery_product, tiny_demo_assets
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -34,8 +34,12 @@ DEFAULT_K = 10  # the slider's initial value (the test gallery is larger)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    assets = tiny_demo_assets(tmp_path_factory)
+def assets(tmp_path_factory):
+    return tiny_demo_assets(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def server(assets, tmp_path_factory):
     log = tmp_path_factory.mktemp("app_browser") / "app.log"
     app = AppServer(assets, log, "--max-file-size", str(MAX_FILE_SIZE)).wait_until_ready()
     yield app
@@ -67,8 +71,8 @@ def page(browser, server):
 
 
 @pytest.fixture(scope="module")
-def sample_image(tmp_path_factory) -> Path:
-    return sorted((tiny_demo_assets(tmp_path_factory).raw_dir / "images").iterdir())[0]
+def sample_image(assets) -> Path:
+    return sorted((assets.raw_dir / "images").iterdir())[0]
 
 
 def upload(page, component: str, path: Path) -> None:
@@ -115,8 +119,8 @@ def test_unticked_modality_is_ignored_with_a_warning(page, sample_image):
     sync_api.expect(page.locator("#latency")).to_contain_text("query modalities: image")
 
 
-def test_gallery_product_as_the_query_finds_itself(page):
-    item_id = "560000253408"  # a coarse-gallery product of the seed-0 sample with all five modalities
+def test_gallery_product_as_the_query_finds_itself(page, assets):
+    item_id = richest_gallery_product(assets)  # has all five modalities
     page.get_by_text("Use a gallery product as the query").click()
     page.locator("#product-picker input").press_sequentially(item_id)
     page.get_by_role("option", name=item_id).click()
