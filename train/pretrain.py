@@ -34,7 +34,7 @@ from train.components import (
 from train.data import IndexedDataset, ScaleBatchCollator, check_modalities, only_columns_of
 from train.model_card import write_model_card
 from train.training_loop import add_training_arguments, make_accelerator, train
-from train.vocabulary import extend_vocabulary
+from train.vocabulary import extend_vocabulary, trim_vocabulary
 
 LOSS_NAMES = ("loss", "mlm_loss", "mem_loss", "mrp_loss", "mfp_loss", "mam_loss", "contrastive_loss")
 
@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --text_encoder's)")
     parser.add_argument("--no_vocabulary_extension", action="store_true",
                         help="do not append the corpus' CJK characters missing from the tokenizer")
+    parser.add_argument("--trim_vocabulary", action="store_true",
+                        help="keep only the tokens the corpus uses (+ single characters): small-data runs")
     parser.add_argument("--modalities", default=",".join(MODALITIES),
                         help="comma-separated modalities to pretrain on (default: all five)")
     add_training_arguments(parser)
@@ -74,25 +76,41 @@ def alignment_scalars(outputs, batch) -> dict[str, torch.Tensor]:
     return scalars
 
 
-def build_tokenizer(args: argparse.Namespace, dataset):
+def build_tokenizer(args: argparse.Namespace, dataset) -> tuple:
+    """The tokenizer, the number of corpus characters added to it, and (when trimmed) each token's id in the
+    original vocabulary."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.text_encoder)
-    added = 0
+    added, original_ids = 0, None
+    needs_corpus = args.trim_vocabulary or not args.no_vocabulary_extension
+    texts = corpus_texts(dataset) if needs_corpus else []
     if not args.no_vocabulary_extension:
-        tokenizer, added = extend_vocabulary(tokenizer, corpus_texts(dataset))
-    return tokenizer, added
+        tokenizer, added = extend_vocabulary(tokenizer, texts)
+    if args.trim_vocabulary:
+        tokenizer, original_ids = trim_vocabulary(tokenizer, texts)
+    return tokenizer, added, original_ids
 
 
-def build_model(args: argparse.Namespace, config) -> ScaleForPreTraining:
+def bert_word_embeddings(bert, original_ids: list[int] | None, vocab_size: int, std: float) -> torch.Tensor:
+    """BERT's word embeddings re-indexed to our vocabulary: row i is BERT's row `original_ids[i]`; tokens BERT
+    does not have (appended corpus characters) get fresh N(0, std) rows."""
+    source = bert.get_input_embeddings().weight.detach()
+    original = torch.as_tensor(original_ids if original_ids is not None else range(vocab_size))
+    weight = torch.randn(vocab_size, source.shape[1]) * std
+    known = original < source.shape[0]
+    weight[known] = source[original[known]]
+    return weight
+
+
+def build_model(args: argparse.Namespace, config, original_ids: list[int] | None) -> ScaleForPreTraining:
     model = ScaleForPreTraining(config)
     if args.text_encoder not in (None, "none"):
         from transformers import BertModel
 
         bert = BertModel.from_pretrained(args.text_encoder)
-        if bert.config.vocab_size != config.vocab_size:
-            # appended characters get new rows; every pretrained row keeps its id
-            bert.resize_token_embeddings(config.vocab_size)
+        weight = bert_word_embeddings(bert, original_ids, config.vocab_size, config.initializer_range)
+        bert.set_input_embeddings(torch.nn.Embedding.from_pretrained(weight, freeze=False))
         model.load_text_encoder_weights(bert)
     return model
 
@@ -105,10 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     set_seed(args.seed)
     dataset = load_split(args.data_dir, "pretrain", "train")
     preset = load_preset(args.model_config)
-    tokenizer, added_characters = build_tokenizer(args, dataset)
+    tokenizer, added_characters, original_ids = build_tokenizer(args, dataset)
     config = build_config(preset, len(tokenizer), parse_overrides(args.config_overrides))
     processor = build_processor(tokenizer, config, preset["processor"])
-    model = build_model(args, config)
+    model = build_model(args, config, original_ids)
     accelerator.print(
         f"SCALE: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters; "
         f"{len(dataset)} products; {added_characters} corpus characters added to the vocabulary; "
@@ -142,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
             "updates": state.global_step, "epochs_started": state.epoch + 1, "products": len(dataset),
             "modalities": list(args.modalities), "model_config": args.model_config,
             "config_overrides": args.config_overrides, "text_encoder": args.text_encoder,
-            "added_characters": added_characters, "seed": args.seed,
+            "added_characters": added_characters, "vocabulary": len(tokenizer), "seed": args.seed,
             "per_device_batch_size": args.per_device_batch_size, "num_processes": accelerator.num_processes,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "learning_rate": args.learning_rate,
@@ -151,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
             json.dump(summary, handle, indent=1)
         write_model_card(args.output_dir, task="pretraining", training=summary)
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # closes the trackers and the process group
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 from transformers import get_scheduler
@@ -102,15 +102,19 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
         project_config=ProjectConfiguration(
             project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")
         ),
+        # a batch may lack a modality (its encoder and head get no gradient) and only one of each pixel /
+        # feature head is used: DDP must not wait for those parameters
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
 
 
 def parameter_groups(
     model: torch.nn.Module, learning_rate: float, text_encoder_lr_scale: float, weight_decay: float
 ) -> list[dict]:
-    """AdamW groups: (text encoder | rest) x (decayed | not decayed), dropping empty groups."""
-    text_encoder = getattr(model.base_model, "text_encoder", None)
-    text_ids = {id(p) for p in text_encoder.parameters()} if text_encoder is not None else set()
+    """AdamW groups: (text embeddings + encoder | rest) x (decayed | not decayed), dropping empty groups."""
+    base = model.base_model
+    text_parts = [getattr(base, name)["text"] for name in ("embeddings", "encoders") if hasattr(base, name)]
+    text_ids = {id(p) for part in text_parts for p in part.parameters()}
     groups = {
         (is_text, decay): {
             "params": [], "weight_decay": weight_decay if decay else 0.0,
@@ -177,12 +181,22 @@ class _Window:
         self.counts[name] = self.counts.get(name, 0) + 1
 
     def pop(self, accelerator: Accelerator) -> dict[str, float]:
-        means = {}
-        for name in sorted(self.sums):
-            mean = (self.sums[name] / self.counts[name]).reshape(1).to(accelerator.device)
-            means[name] = accelerator.reduce(mean, reduction="mean").item()
+        """Means over the window and over processes. Processes may have seen different scalars (an S entry
+        needs both modalities in the local batch), so the names are agreed on first and every process then
+        joins one all-reduce of (sum, count) pairs."""
+        names = sorted(self.sums)
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            names = sorted(set().union(*gather_object([names])))
+        totals = torch.tensor(
+            [[float(self.sums.get(name, 0.0)), float(self.counts.get(name, 0))] for name in names],
+            device=accelerator.device,
+        ).reshape(-1, 2)
+        totals = accelerator.reduce(totals, reduction="sum")
         self.sums, self.counts = {}, {}
-        return means
+        pairs = zip(names, totals.tolist(), strict=True)
+        return {name: total / count for name, (total, count) in pairs if count > 0}
 
 
 def train(
@@ -249,7 +263,8 @@ def train(
     window = _Window()
     model.train()
     while state.global_step < total_updates:
-        sampler.set_epoch(state.epoch)
+        # the prepared loader re-sets the sampler's epoch from its own counter when iterated: set both
+        loader.set_epoch(state.epoch)
         epoch_loader = loader
         if state.batches_in_epoch:
             epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
@@ -290,7 +305,6 @@ def train(
             state.epoch += 1
             state.batches_in_epoch = 0
     progress.close()
-    accelerator.end_training()
     return state
 
 

@@ -56,3 +56,32 @@ def extend_vocabulary(
         model_max_length=tokenizer.model_max_length,
     )
     return extended, len(added)
+
+
+def trim_vocabulary(
+    tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], keep: Iterable[str] = (":", ";")
+) -> tuple[PreTrainedTokenizerBase, list[int]]:
+    """
+    A BERT tokenizer with only the tokens a small corpus needs: the special tokens, every single character
+    (and its "##" form), `keep` (the table serialisation's separators), and every token `tokenizer` produces
+    on `texts`. WordPiece takes the longest vocabulary prefix, so `texts` are tokenised exactly as before.
+
+    Why: MiniLM's 30 k-token vocabulary makes the MLM / MEM prediction heads (vocabulary x hidden, over every
+    caption and table position) about 40 % of a pretraining step of the small sample model, for words the
+    sample never uses. Returns the tokenizer and, for each new id, the old id (to copy embedding rows).
+    """
+    vocabulary = tokenizer.get_vocab()
+    used = {token for text in texts if text for token in tokenizer.tokenize(text)}
+    wanted = set(tokenizer.all_special_tokens) | used | set(keep)
+    wanted |= {token for token in vocabulary if len(token.removeprefix("##")) == 1}
+    specials = [token for token in tokenizer.all_special_tokens if token in vocabulary]
+    ordered = sorted(specials, key=vocabulary.get) + sorted(
+        (token for token in wanted if token in vocabulary and token not in specials), key=vocabulary.get
+    )
+    trimmed = BertTokenizerFast(
+        vocab={token: index for index, token in enumerate(ordered)},
+        do_lower_case=getattr(tokenizer, "do_lower_case", True),
+        tokenize_chinese_chars=True,
+        model_max_length=tokenizer.model_max_length,
+    )
+    return trimmed, [vocabulary[token] for token in ordered]
