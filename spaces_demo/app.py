@@ -48,7 +48,11 @@ ALIGNMENT_SOURCES = {
 }
 CSS = """
 #results-table td, #results-table th { font-size: 0.78rem; }
-#results-gallery .thumbnail-item { aspect-ratio: auto; display: flex; flex-direction: column; }
+#results-gallery .fixed-height { max-height: none; min-height: 0; }
+#results-gallery .grid-container { grid-template-rows: none; grid-auto-rows: auto; }
+#results-gallery .thumbnail-item {
+    aspect-ratio: auto; height: auto; display: flex; flex-direction: column;
+}
 #results-gallery .thumbnail-item > img { height: 150px; flex: none; }
 #results-gallery .caption-label {
     position: static; max-width: 100%; opacity: 1; white-space: pre-line; overflow-wrap: anywhere;
@@ -231,7 +235,7 @@ def build_demo(
                 results = gr.Gallery(
                     label="Closest products",
                     columns=5,
-                    height=None,
+                    height="auto",
                     object_fit="contain",
                     allow_preview=True,
                     elem_id="results-gallery",
