@@ -372,16 +372,23 @@ def main(argv: list[str] | None = None) -> None:
     for chatty in ("httpx", "faiss.loader"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     args = parse_args(argv)
-    engine = load_search_engine(
-        checkpoint=args.checkpoint,
-        dataset=args.dataset,
-        dataset_config=args.dataset_config,
-        split=args.split,
-        index_root=args.index_dir,
-        index_factory=args.index_factory,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    try:
+        engine = load_search_engine(
+            checkpoint=args.checkpoint,
+            dataset=args.dataset,
+            dataset_config=args.dataset_config,
+            split=args.split,
+            index_root=args.index_dir,
+            index_factory=args.index_factory,
+            batch_size=args.batch_size,
+            device=args.device,
+        )
+    except (OSError, ValueError) as error:  # a missing folder, an unknown Hub id, a bad dataset config
+        raise SystemExit(
+            f"Cannot load checkpoint {args.checkpoint!r} / gallery {args.dataset!r} "
+            f"({args.dataset_config}/{args.split}): {error}\n"
+            "Run the main job first (train/main_job.py), or pass --checkpoint and --dataset."
+        ) from error
     description = (
         f"Model `{args.checkpoint}` · gallery `{args.dataset}` ({args.dataset_config}/{args.split}, "
         f"{len(engine.index)} products). Scores are cosine similarities of the fused product embeddings."
