@@ -10,7 +10,11 @@ dev=0
 
 apt_pkgs=()
 command -v ffmpeg >/dev/null || apt_pkgs+=(ffmpeg)
-if (( dev )); then command -v chromium >/dev/null || apt_pkgs+=(chromium); fi
+if (( dev )); then
+    command -v chromium >/dev/null || apt_pkgs+=(chromium)
+    # a CJK font, so that headless screenshots of the demo show the Chinese captions
+    fc-list 2>/dev/null | grep -qi "wenquanyi\|wqy" || apt_pkgs+=(fonts-wqy-microhei)
+fi
 if (( ${#apt_pkgs[@]} )); then
     sudo=""; (( EUID != 0 )) && sudo="sudo"
     $sudo apt-get update -qq
