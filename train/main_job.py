@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--combinations", default="table3", help="evaluate.py --combinations")
     parser.add_argument("--simcl_ablation", action="store_true", help="also pretrain with use_simcl=false")
     parser.add_argument("--no_index", action="store_true", help="skip the demo's gallery index")
-    parser.add_argument("--extra_args", default="", help="appended to pretrain.py and finetune.py")
+    parser.add_argument("--pretrain_args", default="", help="extra pretrain.py options")
     return parser.parse_args(argv)
 
 
@@ -71,7 +71,7 @@ def training_options(args: argparse.Namespace, epochs: float) -> list[str]:
     ]
     if args.max_steps:
         options += ["--max_steps", str(args.max_steps)]
-    return options + args.extra_args.split()
+    return options
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             f"pretrain{suffix}", (pretrained / "training_summary.json").exists(),
             [python, "train/pretrain.py", "--data_dir", str(data), "--output_dir", str(pretrained),
              "--model_config", args.model_config, "--trim_vocabulary", *overrides,
-             *training_options(args, args.pretrain_epochs)],
+             *training_options(args, args.pretrain_epochs), *args.pretrain_args.split()],
             timings,
         )
     finetuned = root / "finetune"
