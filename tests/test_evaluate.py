@@ -38,6 +38,7 @@ def test_evaluate_writes_the_papers_tables_plots_and_cards(tmp_path_factory, tmp
         model_dir=str(pretrained), finetuned_dir=str(finetuned), data_dir=str(data_dir),
         output_dir=str(tmp_path), combinations="text;text,image", batch_size=8, num_workers=0,
         device=torch.device("cpu"), backend="faiss", seed=0, no_plots=False, no_model_card=False,
+        features="fused",
     )
     results = evaluate(args)
     saved = json.loads((tmp_path / "results.json").read_text())

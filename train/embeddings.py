@@ -54,8 +54,9 @@ def extract_embeddings(
         normalize: L2-normalise `product_embeds`, so that inner product = cosine similarity.
 
     Returns:
-        `item_ids` (list of N str), `product_embeds` (N, P) float32, `alignment_scores` (N, 5, 5) float32
-        (the SIMCL matrix S of each item) and `modality_mask` (N, 5) int64 (modalities actually used).
+        `item_ids` (list of N str), `product_embeds` (N, P) float32, `modality_embeds` (N, 5, P) float32 (the
+        per-modality contrastive features, zeros where missing), `alignment_scores` (N, 5, 5) float32 (the
+        SIMCL matrix S of each item) and `modality_mask` (N, 5) int64 (modalities actually used).
     """
     device = torch.device(device) if device is not None else default_device()
     dataset = only_columns_of(dataset, modalities)
@@ -71,7 +72,7 @@ def extract_embeddings(
         persistent_workers=False,
     )
     item_ids: list[str] = []
-    embeds, scores, masks = [], [], []
+    embeds, modality_embeds, scores, masks = [], [], [], []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for batch in tqdm(loader, desc=f"embeddings {'+'.join(modalities)}", disable=not show_progress):
         inputs = model_inputs(batch, device)
@@ -81,6 +82,8 @@ def extract_embeddings(
         if normalize:
             product = torch.nn.functional.normalize(product, dim=-1)
         embeds.append(product.cpu())
+        per_modality = [getattr(outputs, f"{modality}_embeds").float().cpu() for modality in MODALITIES]
+        modality_embeds.append(torch.stack(per_modality, dim=1))
         scores.append(outputs.alignment_scores.float().cpu())
         masks.append(inputs["modality_mask"].cpu())
         item_ids.extend(batch["item_ids"])
@@ -88,6 +91,7 @@ def extract_embeddings(
     return {
         "item_ids": item_ids,
         "product_embeds": torch.cat(embeds).numpy() if embeds else np.zeros((0, 0), np.float32),
+        "modality_embeds": torch.cat(modality_embeds).numpy() if embeds else np.zeros((0, 5, 0), np.float32),
         "alignment_scores": torch.cat(scores).numpy() if scores else np.zeros((0, 5, 5), np.float32),
         "modality_mask": torch.cat(masks).long().numpy() if masks else np.zeros((0, 5), np.int64),
     }
