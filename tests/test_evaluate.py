@@ -32,6 +32,7 @@ def test_parse_combinations():
     assert combination_name(("image", "text", "table")) == "I+T+Tab"
 
 
+@pytest.mark.slow
 def test_evaluate_writes_the_papers_tables_plots_and_cards(tmp_path_factory, tmp_path):
     data_dir, pretrained, finetuned = trained_tiny_models(tmp_path_factory)
     args = Namespace(
@@ -65,6 +66,7 @@ def test_evaluate_writes_the_papers_tables_plots_and_cards(tmp_path_factory, tmp
     assert "**Table 4**" in (finetuned / "README.md").read_text()
 
 
+@pytest.mark.slow
 def test_extract_embeddings_uses_only_the_chosen_modalities_and_does_not_depend_on_batching(tmp_path_factory):
     data_dir, pretrained, _ = trained_tiny_models(tmp_path_factory)
     model = AutoModel.from_pretrained(pretrained)

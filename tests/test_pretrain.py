@@ -19,6 +19,7 @@ from train.vocabulary import extend_vocabulary, trim_vocabulary
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_tiny_pretraining_saves_a_loadable_model_processor_card_and_logs(tmp_path_factory):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from transformers import AutoModel, AutoProcessor
