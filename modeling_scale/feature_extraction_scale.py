@@ -35,9 +35,11 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
         max_duration: seconds kept from the start of each clip.
         feature_type: `"mfcc"` or `"log_mel"` (natural log of the mel power, floored at 1e-10).
         top_db: dynamic range of the dB mel spectrogram the MFCC is taken from.
-        normalize: per-clip mean and variance normalisation of each coefficient over the clip's frames (CMVN,
-            as speech front ends do). Raw dB-scale MFCCs reach hundreds, so MAM's regression loss would dwarf
-            every other pretraining term; normalised features keep it O(1).
+        normalize: standardise each clip with one mean and one standard deviation over all its frames and
+            coefficients. Raw dB-scale MFCCs reach hundreds, so MAM's regression loss would dwarf every
+            other pretraining term; standardised features keep it O(1). The statistics are per clip but
+            shared by the coefficients, so the spectral shape survives: per-coefficient CMVN (as speech front
+            ends do) would erase everything stationary in the clip, such as the pitch of a steady tone or hum.
         stft_backend: `"torch"` (`torch.stft`, default) or `"numpy"` (`transformers.audio_utils.spectrogram`);
             both give the same features up to float rounding.
         padding_value: value of padded frames.
@@ -146,7 +148,7 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
             features = log_mel
         features = features.T[: self.max_frames]
         if self.normalize:
-            features = (features - features.mean(axis=0)) / np.sqrt(features.var(axis=0) + 1e-7)
+            features = (features - features.mean()) / np.sqrt(features.var() + 1e-7)
         return np.ascontiguousarray(features, dtype=np.float32)
 
     def __call__(
