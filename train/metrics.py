@@ -176,10 +176,14 @@ def linear_probe_accuracy(
     train_embeds: np.ndarray, train_labels: Sequence, test_embeds: np.ndarray, test_labels: Sequence,
     max_iter: int = 2000,
 ) -> float:
-    """Accuracy (x100) of a logistic-regression classifier fitted on frozen `train_embeds`."""
+    """Accuracy (x100) of a logistic-regression classifier fitted on frozen `train_embeds`. Features are
+    standardised first: L2-normalised embeddings can differ by little in absolute terms, and an unscaled
+    L2-regularised probe would then fall back to the majority class whatever the features hold."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    classifier = LogisticRegression(max_iter=max_iter)
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
     classifier.fit(np.asarray(train_embeds, dtype=np.float64), np.asarray(train_labels))
     predictions = classifier.predict(np.asarray(test_embeds, dtype=np.float64))
     return 100.0 * float((predictions == np.asarray(test_labels)).mean())
