@@ -207,4 +207,5 @@ def test_linear_probe_accuracy():
     assert linear_probe_accuracy(features[::2], shuffled[::2], features[1::2], shuffled[1::2]) < 70
     # tiny absolute differences (a nearly collapsed embedding) are still found
     nearly_collapsed = 1 + 1e-4 * features
-    assert linear_probe_accuracy(nearly_collapsed[::2], labels[::2], nearly_collapsed[1::2], labels[1::2]) > 95
+    train, test = nearly_collapsed[::2], nearly_collapsed[1::2]
+    assert linear_probe_accuracy(train, labels[::2], test, labels[1::2]) > 95
