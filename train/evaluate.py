@@ -88,15 +88,21 @@ class SplitEmbeddings:
         self.labels = {key: np.asarray(dataset["label"]) for key, dataset in self.splits.items()}
         self.instances = {key: np.asarray(dataset["instance_id"]) for key, dataset in self.splits.items()}
         self.ids = {key: list(dataset["item_id"]) for key, dataset in self.splits.items()}
+        self.item_ids = list(self.items["item_id"])
 
-    def embed(self, model, processor, modalities, args) -> dict[str, dict[str, np.ndarray]]:
+    def embed(self, model, processor, modalities, args, splits=None) -> dict[str, dict[str, np.ndarray]]:
+        """Embeddings of the items of `splits` (default: all) using `modalities`, per split."""
+        splits = list(self.splits) if splits is None else list(splits)
+        needed = {item_id for key in splits for item_id in self.ids[key]}
+        items = self.items.select([row for row, item_id in enumerate(self.item_ids) if item_id in needed])
         result = extract_embeddings(
-            model, processor, self.items, modalities=modalities, batch_size=args.batch_size,
+            model, processor, items, modalities=modalities, batch_size=args.batch_size,
             device=args.device, num_workers=args.num_workers, normalize=False,
         )
         row_of = {item_id: row for row, item_id in enumerate(result["item_ids"])}
         per_split = {}
-        for key, ids in self.ids.items():
+        for key in splits:
+            ids = self.ids[key]
             rows = np.array([row_of[item_id] for item_id in ids], dtype=np.int64)
             per_split[key] = {name: result[name][rows] for name in ("product_embeds", "modality_embeds",
                                                                      "alignment_scores", "modality_mask")}
@@ -171,7 +177,8 @@ def classifier_accuracy(model, processor, dataset, modalities, batch_size: int, 
 
 
 def evaluate_finetuned(model, processor, data: SplitEmbeddings, combination, args) -> dict:
-    embeds = data.embed(model, processor, combination, args)
+    splits = [key for key in data.splits if key != ("classification", "train")]  # no probe to fit
+    embeds = data.embed(model, processor, combination, args, splits=splits)
     test_key = ("classification", "test")
     return {
         "accuracy": accuracy_of_classifier(model, embeds[test_key]["product_embeds"], data.labels[test_key]),
