@@ -34,7 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modalities", default=",".join(MODALITIES), help="comma-separated")
     parser.add_argument("--eval_batch_size", type=int, default=64)
     add_training_arguments(parser)
-    parser.set_defaults(num_epochs=3, learning_rate=2e-4, text_encoder_lr_scale=1.0, warmup_ratio=0.1)
+    parser.set_defaults(num_epochs=3, learning_rate=5e-4, text_encoder_lr_scale=0.2, warmup_ratio=0.1)
     args = parser.parse_args(argv)
     args.modalities = check_modalities(args.modalities.split(","))
     return args
