@@ -14,6 +14,7 @@ from transformers import AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
+from .configuration_scale import MODALITIES
 from .feature_extraction_scale import ScaleFeatureExtractor
 from .image_processing_scale import ScaleImageProcessor
 from .media_decoding_scale import describe_source, load_audio, load_image
@@ -22,7 +23,6 @@ from .video_processing_scale import ScaleVideoProcessor
 
 logger = logging.getLogger(__name__)
 
-MODALITY_ORDER = ("text", "table", "image", "video", "audio")
 ON_ERROR_MODES = ("raise", "missing")
 PADDING_MODES = ("longest", "max_length")
 TEXT_FIELDS = ("input_ids", "attention_mask")
@@ -274,12 +274,12 @@ class ScaleProcessor(ProcessorMixin):
             raise ValueError(f"on_error must be one of {ON_ERROR_MODES}, got {on_error!r}")
         if padding not in PADDING_MODES:
             raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
-        unknown = set(return_modalities) - set(MODALITY_ORDER)
+        unknown = set(return_modalities) - set(MODALITIES)
         if unknown:
-            raise ValueError(f"return_modalities must be among {MODALITY_ORDER}, got {sorted(unknown)}")
+            raise ValueError(f"return_modalities must be among {MODALITIES}, got {sorted(unknown)}")
         if isinstance(text, str):
             text = [text]
-        inputs = dict(zip(MODALITY_ORDER, (text, tables, images, videos, audio), strict=True))
+        inputs = dict(zip(MODALITIES, (text, tables, images, videos, audio), strict=True))
         batch_size = None
         for modality, values in inputs.items():
             if values is None:
@@ -357,7 +357,7 @@ class ScaleProcessor(ProcessorMixin):
                 [a for a in decoded_audio if a is not None], sampling_rate=sampling_rate, padding=padding
             )
             data.update(self._scatter(audio_out, present["audio"]))
-        data["modality_mask"] = np.array([present[m] for m in MODALITY_ORDER], dtype=np.int64).T
+        data["modality_mask"] = np.array([present[m] for m in MODALITIES], dtype=np.int64).T
         return BatchFeature(data, tensor_type=return_tensors)
 
 
