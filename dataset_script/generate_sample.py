@@ -1,14 +1,19 @@
 """Write a deterministic M5Product-like sample in the raw release layout, with real media files.
 
 Nobody may redistribute M5Product, so every command of the project defaults to this sample. It is built so
-that the paper's central finding ("more modalities help") can be checked on it: a category is the combination
+that the paper's central finding ("more modalities help") can be checked on it, and so that its pretext
+tasks have something to learn. A category is the combination
 
     group (caption) x material (table) x colour (image) x motion (video) x pitch (audio)
 
-and each modality reveals only its own factor, so text alone cannot tell apart the 16 categories of a group,
-and each added modality halves the ambiguity. Media stay simple (big flat shapes, a clearly moving square, a
-low or high tone) so that a small model trained for minutes on a CPU picks the signal up, with enough jitter,
-distractors and missing modalities that it is not trivial.
+Every modality shows what kind of product it is, as real listings do: the group is named in the caption and
+in the table's 类目 row, drawn as the image's shape family (the video shows the same product moving) and heard
+as the tone's timbre (harmonic profile). On top of it each modality reveals its own factor, so text alone
+cannot tell apart the 16 categories of a group and each added modality halves the ambiguity. Modalities of one
+product also share instance cues (brand and model number in caption and table; shape size, position and
+colour in image and video), which cross-modal contrastive learning can align. Media stay simple (big flat
+shapes, a clearly moving product, a low or high tone) so that a small model trained for minutes on a CPU
+picks the signal up, with enough jitter, distractors and missing modalities that it is not trivial.
 
 Imperfections as in the paper: long-tailed category frequencies, ~5 % unimodal items, most items without video
 or audio, ~3 % noisy captions. Fine-grained retrieval: a product instance has several listings with jittered
@@ -52,7 +57,16 @@ GROUPS = {
 COLOURS = {"red": 0.0, "blue": 0.62}  # hue centre; the image shape's colour is drawn around it
 MOTIONS = ("left_to_right", "right_to_left")
 PITCHES = {"low": (180.0, 260.0), "high": (700.0, 1000.0)}  # Hz range of the tone's fundamental
-SHAPES = ("circle", "square", "triangle", "diamond")
+# the group cue of the non-text modalities: shape family (image and video) and harmonic profile (audio,
+# (multiple of the fundamental, amplitude); the fundamental stays the loudest partial)
+GROUP_NAMES_ZH = {"clothing": "服装", "electronics": "数码", "kitchen": "厨具", "toys": "玩具"}
+GROUP_SHAPES = {"clothing": "triangle", "electronics": "square", "kitchen": "circle", "toys": "diamond"}
+GROUP_HARMONICS = {
+    "clothing": ((1, 1.0),),
+    "electronics": ((1, 1.0), (3, 0.6), (5, 0.4)),
+    "kitchen": ((1, 1.0), (2.76, 0.7), (5.4, 0.4)),
+    "toys": ((1, 1.0), (2, 0.7), (3, 0.5), (4, 0.35)),
+}
 
 EN_FILLERS = ("new", "hot sale", "2021", "free shipping", "official", "best", "gift", "limited", "classic")
 ZH_FILLERS = ("新款", "热卖", "包邮", "正品", "官方", "特价", "爆款", "精选", "经典")
@@ -102,7 +116,6 @@ class ItemPlan:
     shape_centre: tuple[int, int]
     shape_radius: int
     background: int
-    video_colour: tuple[int, int, int]
     video_row: int
     video_speed: float
     frequency: float
@@ -130,13 +143,14 @@ def _caption(rng: np.random.Generator, group: str, brand: str, model: str, noisy
 
 
 def _pv(rng: np.random.Generator, category: Category, brand: str, model: str) -> str:
+    """The property table: 类目 (the group) comes first as on Taobao, then the material and the rest in any
+    order."""
     material_zh = GROUPS[category.group][2][category.material][0]
     pairs = [("材质", material_zh), ("品牌", brand), ("货号", model), ("产地", str(rng.choice(ORIGINS)))]
     if rng.random() < 0.5:
         pairs.append(("适用季节", str(rng.choice(SEASONS))))
-    tail = pairs[1:]
-    rng.shuffle(tail)
-    return format_pv([pairs[0], *tail] if rng.random() < 0.5 else [*tail, pairs[0]])
+    rng.shuffle(pairs)
+    return format_pv([("类目", GROUP_NAMES_ZH[category.group]), *pairs])
 
 
 def _long_tailed_weights(rng: np.random.Generator, num_categories: int) -> np.ndarray:
@@ -174,9 +188,10 @@ def plan_sample(num_items: int, seed: int) -> tuple[list[ItemPlan], dict[tuple[s
         instance_id = f"inst{instance_index:07d}"
         brand, model = _brand(rng), f"{rng.choice(list('ABCDKMTX'))}{int(rng.integers(100, 999))}"
         hue = (COLOURS[category.colour] + rng.uniform(-0.06, 0.06)) % 1.0
-        shape = str(rng.choice(SHAPES))
+        saturation = float(rng.uniform(0.6, 0.9))
+        centre = rng.integers(26, 38, size=2)
+        radius = int(rng.integers(14, 21))
         frequency = float(rng.uniform(*PITCHES[category.pitch]))
-        video_colour = tuple(int(c) for c in rng.integers(140, 256, size=3))
         ids = []
         for _ in range(listings):
             item_index = len(items)
@@ -190,13 +205,12 @@ def plan_sample(num_items: int, seed: int) -> tuple[list[ItemPlan], dict[tuple[s
                     modalities=_modalities(rng),
                     title=_caption(rng, category.group, brand, model, noisy),
                     pv=_pv(rng, category, brand, model),
-                    shape=shape,
+                    shape=GROUP_SHAPES[category.group],
                     hue=float((hue + rng.uniform(-0.02, 0.02)) % 1.0),
-                    saturation=float(rng.uniform(0.6, 0.95)),
-                    shape_centre=(int(rng.integers(24, 40)), int(rng.integers(24, 40))),
-                    shape_radius=int(rng.integers(14, 22)),
+                    saturation=float(np.clip(saturation + rng.uniform(-0.05, 0.05), 0.5, 0.95)),
+                    shape_centre=tuple(int(c) for c in centre + rng.integers(-2, 3, size=2)),
+                    shape_radius=radius + int(rng.integers(-1, 2)),
                     background=int(rng.integers(170, 250)),
-                    video_colour=video_colour,
                     video_row=int(rng.integers(8, VIDEO_SIZE - 24)),
                     video_speed=float(rng.uniform(0.7, 1.0)),
                     frequency=frequency * float(rng.uniform(0.97, 1.03)),
@@ -232,20 +246,25 @@ def _hsv_to_rgb(hue: float, saturation: float, value: float) -> tuple[int, int, 
     return tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, saturation, value))
 
 
-def render_image(plan: ItemPlan, rng: np.random.Generator) -> np.ndarray:
-    """A flat shape of the category's colour family on a noisy light background; shape = the instance."""
-    size = IMAGE_SIZE
+def shape_mask(shape: str, size: int, cy: float, cx: float, r: float) -> np.ndarray:
+    """(size, size) bool mask of one of the group shapes centred at (cy, cx) with radius r."""
     yy, xx = np.mgrid[0:size, 0:size]
-    cy = plan.shape_centre[0] + int(rng.integers(-3, 4))
-    cx = plan.shape_centre[1] + int(rng.integers(-3, 4))
-    r = plan.shape_radius
     dy, dx = np.abs(yy - cy), np.abs(xx - cx)
-    mask = {
+    return {
         "circle": dy**2 + dx**2 <= r**2,
         "square": (dy <= r * 0.85) & (dx <= r * 0.85),
         "diamond": dy + dx <= r,
         "triangle": (yy - cy <= r * 0.8) & (yy - cy >= -r) & (dx <= (yy - cy + r) * 0.6),
-    }[plan.shape]
+    }[shape]
+
+
+def render_image(plan: ItemPlan, rng: np.random.Generator) -> np.ndarray:
+    """A flat shape on a noisy light background: shape family = the group, colour family = the category's
+    colour, size / position / exact tint = the instance."""
+    size = IMAGE_SIZE
+    cy = plan.shape_centre[0] + int(rng.integers(-2, 3))
+    cx = plan.shape_centre[1] + int(rng.integers(-2, 3))
+    mask = shape_mask(plan.shape, size, cy, cx, plan.shape_radius)
     image = np.full((size, size, 3), plan.background, dtype=np.float32)
     image += rng.normal(0, 6, size=(size, size, 1))
     colour = np.array(_hsv_to_rgb(plan.hue, plan.saturation, float(rng.uniform(0.7, 0.95))), dtype=np.float32)
@@ -254,29 +273,32 @@ def render_image(plan: ItemPlan, rng: np.random.Generator) -> np.ndarray:
 
 
 def render_video_frames(plan: ItemPlan, rng: np.random.Generator) -> np.ndarray:
-    """A square crossing the frame horizontally; its direction is the category's motion factor."""
+    """The image's product (same shape and tint, smaller) crossing a dark frame horizontally; its direction is
+    the category's motion factor."""
     num_frames = int(plan.duration * VIDEO_FPS)
-    size, side = VIDEO_SIZE, 16
-    background = rng.integers(10, 80, size=3).astype(np.float32)
+    size, radius = VIDEO_SIZE, plan.shape_radius * 0.55
+    background = rng.integers(5, 45, size=3).astype(np.float32)
+    colour = np.array(_hsv_to_rgb(plan.hue, plan.saturation, 0.95), dtype=np.float32)
     frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
-    travel = (size - side) * plan.video_speed
-    start = (size - side - travel) / 2
+    travel = (size - 2 * radius) * plan.video_speed
+    start = radius + (size - 2 * radius - travel) / 2
     category = CATEGORIES[plan.category]
     for t in range(num_frames):
         progress = t / max(num_frames - 1, 1)
         if category.motion == "right_to_left":
             progress = 1.0 - progress
-        x = int(round(start + progress * travel))
+        mask = shape_mask(plan.shape, size, plan.video_row + radius, start + progress * travel, radius)
         frame = np.broadcast_to(background, (size, size, 3)) + rng.normal(0, 5, size=(size, size, 3))
-        frame[plan.video_row : plan.video_row + side, x : x + side] = plan.video_colour
+        frame[mask] = colour
         frames[t] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames
 
 
 def render_audio(plan: ItemPlan, rng: np.random.Generator) -> np.ndarray:
-    """A tone with two harmonics under an attack/decay envelope plus noise; pitch = the category's factor."""
+    """A tone under an attack/decay envelope plus noise: timbre (harmonic profile) = the group, pitch = the
+    category's factor."""
     t = np.arange(int(plan.duration * AUDIO_SAMPLING_RATE)) / AUDIO_SAMPLING_RATE
-    harmonics = ((1, 1.0), (2, 0.4), (3, 0.2))
+    harmonics = GROUP_HARMONICS[CATEGORIES[plan.category].group]
     tone = sum(amplitude * np.sin(2 * np.pi * plan.frequency * k * t) for k, amplitude in harmonics)
     envelope = np.minimum(1.0, t / 0.05) * np.exp(-t / float(rng.uniform(1.5, 4.0)))
     signal = 0.3 * tone * envelope + rng.normal(0, 0.02, size=t.shape)

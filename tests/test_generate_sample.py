@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset_script.generate_sample import CATEGORIES, GROUPS, generate_sample, plan_sample
+from dataset_script.generate_sample import (
+    CATEGORIES,
+    GROUP_HARMONICS,
+    GROUP_NAMES_ZH,
+    GROUP_SHAPES,
+    GROUPS,
+    generate_sample,
+    plan_sample,
+)
 from dataset_script.raw_layout import (
     ANNOTATION_FILE,
     SPLIT_FILES,
@@ -127,12 +135,25 @@ def _motion_direction(path):
     return "left_to_right" if centres[-1] > centres[0] else "right_to_left"
 
 
-def _fundamental(path):
+def _spectrum(path):
     from torchcodec.decoders import AudioDecoder
 
     samples = AudioDecoder(path).get_all_samples()
     spectrum = np.abs(np.fft.rfft(samples.data[0].numpy()))
-    return float(np.fft.rfftfreq(samples.data.shape[-1], 1 / samples.sample_rate)[spectrum.argmax()])
+    return np.fft.rfftfreq(samples.data.shape[-1], 1 / samples.sample_rate), spectrum
+
+
+def _fundamental(path):
+    frequencies, spectrum = _spectrum(path)
+    return float(frequencies[spectrum.argmax()])
+
+
+def _partials(path, multiples=(2, 2.76, 3, 4, 5, 5.4)):
+    """The multiples of the fundamental that carry a partial of at least 20 % of its amplitude."""
+    frequencies, spectrum = _spectrum(path)
+    fundamental = frequencies[spectrum.argmax()]
+    near = [np.abs(frequencies / fundamental - m) < 0.03 * m for m in multiples]
+    return {m for m, band in zip(multiples, near, strict=True) if spectrum[band].max() > 0.2 * spectrum.max()}
 
 
 def test_each_modality_carries_its_own_category_factor(tiny_sample):
@@ -145,7 +166,9 @@ def test_each_modality_carries_its_own_category_factor(tiny_sample):
         en_nouns, zh_nouns, materials = GROUPS[factors["group"]]
         material_zh = {en: zh for zh, en in materials}[factors["material"]]
         if "pv" in record:
-            assert {"key": "材质", "value": material_zh} in parse_pv(record["pv"])[0]
+            pairs = parse_pv(record["pv"])[0]
+            assert {"key": "材质", "value": material_zh} in pairs
+            assert pairs[0] == {"key": "类目", "value": GROUP_NAMES_ZH[factors["group"]]}, "group cue"
             checked["table"] += 1
         if "title" in record:
             checked["text"] += 1
@@ -163,6 +186,8 @@ def test_each_modality_carries_its_own_category_factor(tiny_sample):
         audio = media_path(raw_dir, "audio", item_id)
         if os.path.exists(audio):
             assert ("low" if _fundamental(audio) < 450 else "high") == factors["pitch"], item_id
+            expected = {m for m, _ in GROUP_HARMONICS[factors["group"]]} - {1}
+            assert _partials(audio) == expected, f"{item_id}: timbre is the group cue"
             checked["audio"] += 1
     assert min(checked[m] for m in ("text", "table", "image", "video", "audio")) > 10
     # captions name the group, except the few deliberately noisy ones
@@ -186,3 +211,9 @@ def test_default_plan_has_the_papers_imperfections():
     instance = next(i for i, count in listings.items() if count >= 3)
     titles = [item.title for item in items if item.instance_id == instance]
     assert len(set(titles)) > 1 and len({title.split()[0] for title in titles}) == 1
+    # the shared cues cross-modal contrastive learning can align: the group's shape in image and video, and
+    # an instance's listings drawn alike (size, tint) with only small jitter
+    assert all(item.shape == GROUP_SHAPES[CATEGORIES[item.category].group] for item in items)
+    same = [item for item in items if item.instance_id == instance]
+    assert max(item.shape_radius for item in same) - min(item.shape_radius for item in same) <= 2
+    assert max(item.hue for item in same) - min(item.hue for item in same) <= 0.04
