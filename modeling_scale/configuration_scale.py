@@ -36,13 +36,15 @@ class ScaleConfig(PreTrainedConfig):
             12 s at 16 kHz with hop 256 gives 750 frames).
         audio_subsampling: the audio stem embeds non-overlapping groups of this many frames (a Linear on the
             flattened group, i.e. a Conv1d with kernel = stride), so that 750 frames become 188 tokens.
-        projection_dim: size of the per-modality and fused product embeddings.
-        alignment: how SIMCL's modality alignment matrix S is obtained. `"feature"` (default: it is what the
-            authors' released code computes, and it adapts per sample): from the cosine similarities of the
-            pre-JCT modality features, S <- S * softmax(S), rows L2-normalised. `"learned"` (as the paper's
+        projection_dim: size of the per-modality contrastive features (`product_embeds` keep `hidden_size`).
+        alignment: how SIMCL's modality alignment matrix S is obtained. `"learned"` (default, as the paper's
             text reads): a free 5x5 parameter, S <- k * S * softmax(S) over the k present modalities,
             initialised at ones so every term starts with weight 1 (the paper's zero initialisation would
-            multiply every logit by 0; see `simcl.alignment_scores`).
+            multiply every logit by 0; see `simcl.alignment_scores`). `"feature"` (what the authors' released
+            code computes, per sample): from the cosine similarities of the pre-JCT modality features,
+            S <- S * softmax(S), rows L2-normalised. It is not the default because freshly initialised
+            encoders give cross-modal cosines near 0, hence S near the identity and contrastive logits
+            scaled by near 0: the contrastive loss cannot leave chance.
         temperature: InfoNCE temperature tau.
         contrastive_denominator: `"negatives"` is the paper's Eq. 2 (only the 2(N-1) cross-modal negatives in
             the denominator); `"all"` is the standard symmetric InfoNCE (as CLIP), whose softmax keeps the
@@ -82,7 +84,7 @@ class ScaleConfig(PreTrainedConfig):
         max_audio_frames: int = 750,
         audio_subsampling: int = 4,
         projection_dim: int = 256,
-        alignment: str = "feature",
+        alignment: str = "learned",
         temperature: float = 0.07,
         contrastive_denominator: str = "negatives",
         use_simcl: bool = True,

@@ -394,8 +394,10 @@ class ScaleModelOutput(ModelOutput):
     last_hidden_state (`torch.FloatTensor` of shape `(batch_size, total_tokens, hidden_size)`):
         JCT output over the concatenated tokens of the given modalities (in `MODALITIES` order); zero at
         tokens that are masked out (padding, missing modalities).
-    product_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
-        Fused product embedding: projection of the mean of the post-JCT token 0 of each present modality.
+    product_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        Fused product embedding: the mean of the post-JCT token 0 of each present modality (the released
+        evaluation feature, averaged rather than summed so its scale does not depend on how many modalities a
+        product has). No projection: pretraining has no loss on it, so one would stay at its random init.
     text_embeds, table_embeds, image_embeds, video_embeds, audio_embeds (`(batch_size, projection_dim)`):
         Contrastive features of each modality (pre-JCT token 0 -> projection), not normalised; zero where the
         sample lacks the modality.
@@ -586,7 +588,6 @@ class ScaleModel(ScalePreTrainedModel):
         )
         self.modality_type_embeddings = nn.Embedding(len(MODALITIES), config.hidden_size)
         self.fusion_encoder = ScaleEncoder(config, config.num_fusion_layers)
-        self.product_projection = nn.Linear(config.hidden_size, config.projection_dim)
         self.alignment_parameter = (
             nn.Parameter(torch.ones(len(MODALITIES), len(MODALITIES)))
             if config.alignment == "learned"
@@ -704,8 +705,7 @@ class ScaleModel(ScalePreTrainedModel):
 
         given_present = present[:, [MODALITIES.index(name) for name in given]]
         summed = (fused[:, first_tokens] * given_present[..., None]).sum(dim=1)
-        pooled = summed / given_present.sum(dim=1, keepdim=True).clamp(min=1)
-        product_embeds = self.product_projection(pooled)
+        product_embeds = summed / given_present.sum(dim=1, keepdim=True).clamp(min=1)
 
         absent = torch.zeros_like(features[given[0]])
         modality_embeds = torch.stack([features.get(name, absent) for name in MODALITIES], dim=1)
@@ -749,7 +749,7 @@ class ScaleModel(ScalePreTrainedModel):
         return self._encode(**{name: arguments[name] for name in MODEL_INPUT_NAMES}).model_output()
 
     def get_product_embeddings(self, **inputs) -> torch.Tensor:
-        """(B, projection_dim) fused product embeddings of whatever modalities are given / unmasked."""
+        """(B, hidden_size) fused product embeddings of whatever modalities are given / unmasked."""
         return self._encode(**inputs).product_embeds
 
     def _modality_features(self, name: str, inputs: dict) -> torch.Tensor:
@@ -1020,7 +1020,7 @@ class ScaleForProductClassification(ScalePreTrainedModel):
         super().__init__(config)
         self.scale = ScaleModel(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
-        self.classifier = nn.Linear(config.projection_dim, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     def forward(

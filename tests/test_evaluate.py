@@ -76,7 +76,7 @@ def test_extract_embeddings_uses_only_the_chosen_modalities_and_does_not_depend_
     one_batch = extract_embeddings(model, processor, gallery, batch_size=64, show_progress=False)
     assert small_batches["item_ids"] == list(gallery["item_id"])
     embeds = small_batches["product_embeds"]
-    assert embeds.shape == (len(gallery), model.config.projection_dim)
+    assert embeds.shape == (len(gallery), model.config.hidden_size)
     np.testing.assert_allclose(np.linalg.norm(embeds, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(embeds, one_batch["product_embeds"], atol=1e-4)
 

@@ -212,7 +212,7 @@ def test_paper_defaults():
     config = ScaleConfig()
     assert (config.hidden_size, config.num_encoder_layers, config.num_fusion_layers) == (768, 6, 6)
     assert (config.max_text_length, config.max_table_length, config.temperature) == (36, 64, 0.07)
-    assert config.alignment == "feature" and config.contrastive_denominator == "negatives"
+    assert config.alignment == "learned" and config.contrastive_denominator == "negatives"
 
 
 # --------------------------------------------------------------------------------------------------- forward
@@ -228,7 +228,7 @@ def test_model_output_shapes(config, image, video):
     audio_tokens = 1 + -(-AUDIO_FRAMES // config.audio_subsampling)
     total = TEXT_LEN + TABLE_LEN + image_tokens + 1 + FRAMES + audio_tokens
     assert out.last_hidden_state.shape == (BATCH, total, config.hidden_size)
-    assert out.product_embeds.shape == (BATCH, config.projection_dim)
+    assert out.product_embeds.shape == (BATCH, config.hidden_size)
     assert out.alignment_scores.shape == (BATCH, 5, 5)
     assert out.fusion_attention_mask.shape == (BATCH, total)
     torch.testing.assert_close(out.modality_mask, MODALITY_MASK)
@@ -240,13 +240,18 @@ def test_model_output_shapes(config, image, video):
     assert torch.isfinite(out.last_hidden_state).all() and torch.isfinite(out.product_embeds).all()
 
 
-@pytest.mark.parametrize("image, video", [("features", "features"), ("pixels", "pixels")])
-def test_masked_out_values_change_no_output(pretraining_model, config, image, video):
+@pytest.mark.parametrize(
+    "image, video, alignment",
+    [("features", "features", "learned"), ("pixels", "pixels", "learned"), ("features", "features", "feature")],
+)
+def test_masked_out_values_change_no_output(config, image, video, alignment):
     """Missing modalities and padding: new values (and junk labels / targets there) change no output."""
+    torch.manual_seed(0)
+    model = ScaleForPreTraining(tiny_config(alignment=alignment)).eval()
     inputs = make_inputs(config, image=image, video=video)
     targets = make_pretraining_targets(config, inputs)
-    reference = pretraining_model(**inputs, **targets)
-    changed = pretraining_model(**scramble_masked_out(inputs, config), **scramble_targets(targets, inputs))
+    reference = model(**inputs, **targets)
+    changed = model(**scramble_masked_out(inputs, config), **scramble_targets(targets, inputs))
     assert_outputs_close(reference, changed, atol=1e-6)
     for name in LOSS_NAMES:
         assert torch.isfinite(reference[name]) and reference[name] != 0, name
@@ -371,7 +376,7 @@ def test_forward_and_backward_need_no_data_dependent_host_sync(config, image, vi
     }
     out = model(**batch)
     out.loss.backward()
-    assert out.loss.device.type == "meta" and out.product_embeds.shape == (BATCH, config.projection_dim)
+    assert out.loss.device.type == "meta" and out.product_embeds.shape == (BATCH, config.hidden_size)
 
 
 def test_errors_name_the_field(config):
@@ -407,12 +412,30 @@ def test_learned_alignment_starts_as_the_unweighted_losses(config):
     assert learned.scale.encoders["text"].layer[0].attention.self.query.weight.grad.abs().sum() > 0
 
 
-def test_use_simcl_false_changes_the_losses(pretraining_model, config):
+def test_pretraining_trains_every_weight_product_embeds_depend_on(config):
+    """No untrained layer between pretraining and retrieval: the pretrained `product_embeds` are not a
+    random projection."""
+    torch.manual_seed(0)
+    model = ScaleForPreTraining(config)
+    inputs = make_inputs(config)
+    model.scale(**inputs).product_embeds.sum().backward()
+    used = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    model.zero_grad(set_to_none=True)
+    model(**inputs, **make_pretraining_targets(config, inputs)).loss.backward()
+    trained = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert used and used <= trained, sorted(used - trained)
+
+
+def test_use_simcl_false_changes_the_losses(config):
+    torch.manual_seed(0)
     inputs = make_inputs(config)
     targets = make_pretraining_targets(config, inputs)
-    ablation = ScaleForPreTraining(tiny_config(use_simcl=False)).eval()
-    ablation.load_state_dict(pretraining_model.state_dict())
-    weighted, plain = pretraining_model(**inputs, **targets), ablation(**inputs, **targets)
+    simcl = ScaleForPreTraining(tiny_config(alignment="learned")).eval()
+    with torch.no_grad():  # an S that has left its all-ones start
+        simcl.scale.alignment_parameter.copy_(torch.linspace(0.2, 2.0, 25).reshape(5, 5))
+    ablation = ScaleForPreTraining(tiny_config(alignment="learned", use_simcl=False)).eval()
+    ablation.load_state_dict(simcl.state_dict())
+    weighted, plain = simcl(**inputs, **targets), ablation(**inputs, **targets)
     assert not torch.isclose(weighted.contrastive_loss, plain.contrastive_loss)
     assert not torch.isclose(weighted.mlm_loss, plain.mlm_loss)
     torch.testing.assert_close(weighted.alignment_scores, plain.alignment_scores)

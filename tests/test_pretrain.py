@@ -28,7 +28,7 @@ def test_tiny_pretraining_saves_a_loadable_model_processor_card_and_logs(tmp_pat
     model = AutoModel.from_pretrained(pretrained)
     processor = AutoProcessor.from_pretrained(pretrained)
     inputs = processor(text=["cotton dress"], tables=[[("材质", "纯棉")]], return_tensors="pt")
-    assert model(**inputs).product_embeds.shape == (1, model.config.projection_dim)
+    assert model(**inputs).product_embeds.shape == (1, model.config.hidden_size)
     summary = json.loads((pretrained / "training_summary.json").read_text())
     assert summary["updates"] == 3 and summary["num_processes"] == 1
     assert summary["added_characters"] > 0  # MiniLM lacks the sample's Chinese characters

@@ -5,7 +5,7 @@ from train.embeddings import extract_embeddings
 
 gallery = load_dataset("outputs/m5product", "retrieval_coarse", split="gallery")
 result = extract_embeddings(model, processor, gallery, modalities=("text", "image"), batch_size=64)
-result["product_embeds"]  # (N, projection_dim) float32 numpy, L2-normalised
+result["product_embeds"]  # (N, hidden_size) float32 numpy, L2-normalised
 result["item_ids"]        # the N item ids, in dataset order
 ```
 
