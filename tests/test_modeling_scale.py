@@ -242,7 +242,11 @@ def test_model_output_shapes(config, image, video):
 
 @pytest.mark.parametrize(
     "image, video, alignment",
-    [("features", "features", "learned"), ("pixels", "pixels", "learned"), ("features", "features", "feature")],
+    [
+        ("features", "features", "learned"),
+        ("pixels", "pixels", "learned"),
+        ("features", "features", "feature"),
+    ],
 )
 def test_masked_out_values_change_no_output(config, image, video, alignment):
     """Missing modalities and padding: new values (and junk labels / targets there) change no output."""
