@@ -354,7 +354,7 @@ class ScaleAudioEmbeddings(nn.Module):
 
 
 class ScaleContrastiveProjection(nn.Module):
-    """Token 0 of a modality encoder (before the JCT) -> contrastive feature.
+    """Mean token of a modality encoder (before the JCT) -> contrastive feature.
 
     The released code uses Linear -> ReLU; we keep that and add a final Linear (SimCLR's two-layer head), so
     the feature is not confined to the non-negative orthant (where no cosine similarity is negative).
@@ -395,12 +395,11 @@ class ScaleModelOutput(ModelOutput):
         JCT output over the concatenated tokens of the given modalities (in `MODALITIES` order); zero at
         tokens that are masked out (padding, missing modalities).
     product_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-        Fused product embedding: the mean of the post-JCT token 0 of each present modality (the released
-        evaluation feature, averaged rather than summed so its scale does not depend on how many modalities a
-        product has). No projection: pretraining has no loss on it, so one would stay at its random init.
+        Fused product embedding: the mean over the present modalities of each modality's mean post-JCT token.
+        No projection: pretraining has no loss on one, so it would stay at its random initialisation.
     text_embeds, table_embeds, image_embeds, video_embeds, audio_embeds (`(batch_size, projection_dim)`):
-        Contrastive features of each modality (pre-JCT token 0 -> projection), not normalised; zero where the
-        sample lacks the modality.
+        Contrastive features of each modality (mean of its encoder's tokens before the JCT -> projection
+        head), not normalised; zero where the sample lacks the modality.
     alignment_scores (`torch.FloatTensor` of shape `(batch_size, 5, 5)`):
         SIMCL's modality alignment matrix S per sample (rows/columns of missing modalities are zero).
     modality_mask (`torch.LongTensor` of shape `(batch_size, 5)`):
@@ -683,29 +682,33 @@ class ScaleModel(ScalePreTrainedModel):
             present = present & modality_mask.bool()
 
         fusion_tokens, fusion_masks, spans, token_keep = [], [], {}, {}
-        features, first_tokens, start = {}, [], 0
+        features, start = {}, 0
         for index, name in enumerate(MODALITIES):
             if embedded[name] is None:
                 continue
             tokens, mask, _ = embedded[name]
             keep = mask & present[:, index, None]
             hidden = self._encode_modality(name, tokens, keep)
-            feature = self.contrastive_projections[name](hidden[:, 0])
+            feature = self.contrastive_projections[name](_token_mean(hidden, keep))
             features[name] = torch.where(present[:, index, None], feature, 0.0)
             fusion_tokens.append(hidden + self.modality_type_embeddings.weight[index])
             fusion_masks.append(keep)
             token_keep[name] = keep
             spans[name] = (start, start + hidden.shape[1])
-            first_tokens.append(start)
             start += hidden.shape[1]
 
         fusion_mask = torch.cat(fusion_masks, dim=1)
         fused = self.fusion_encoder(torch.cat(fusion_tokens, dim=1), fusion_mask)
         fused = torch.where(fusion_mask[..., None], fused, 0.0)
 
+        # every modality counts once, however many tokens it has; absent ones pool to 0 and are not counted
+        pooled = [
+            _token_mean(fused[:, first:last], token_keep[name]) for name, (first, last) in spans.items()
+        ]
         given_present = present[:, [MODALITIES.index(name) for name in given]]
-        summed = (fused[:, first_tokens] * given_present[..., None]).sum(dim=1)
-        product_embeds = summed / given_present.sum(dim=1, keepdim=True).clamp(min=1)
+        product_embeds = torch.stack(pooled, dim=1).sum(dim=1) / given_present.sum(dim=1, keepdim=True).clamp(
+            min=1
+        )
 
         absent = torch.zeros_like(features[given[0]])
         modality_embeds = torch.stack([features.get(name, absent) for name in MODALITIES], dim=1)
@@ -758,8 +761,11 @@ class ScaleModel(ScalePreTrainedModel):
         if embedded is None:
             raise ValueError(f"no {name} inputs given")
         tokens, mask, has_content = embedded
-        hidden = self._encode_modality(name, tokens, mask & has_content[:, None])
-        return torch.where(has_content[:, None], self.contrastive_projections[name](hidden[:, 0]), 0.0)
+        keep = mask & has_content[:, None]
+        hidden = self._encode_modality(name, tokens, keep)
+        return torch.where(
+            has_content[:, None], self.contrastive_projections[name](_token_mean(hidden, keep)), 0.0
+        )
 
     def get_text_features(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None
@@ -829,6 +835,12 @@ def _mask_or_ones(mask: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tens
 
 def _with_cls(mask: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
+
+
+def _token_mean(hidden: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, H) mean of the kept tokens of (B, L, H) states; 0 for a sample without any. No host-device sync."""
+    weights = keep.to(hidden.dtype)[..., None]
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -36,9 +36,18 @@ def test_parse_combinations():
 def test_evaluate_writes_the_papers_tables_plots_and_cards(tmp_path_factory, tmp_path):
     data_dir, pretrained, finetuned = trained_tiny_models(tmp_path_factory)
     args = Namespace(
-        model_dir=str(pretrained), finetuned_dir=str(finetuned), data_dir=str(data_dir),
-        output_dir=str(tmp_path), combinations="text;text,image", batch_size=8, num_workers=0,
-        device=torch.device("cpu"), backend="faiss", seed=0, no_plots=False, no_model_card=False,
+        model_dir=str(pretrained),
+        finetuned_dir=str(finetuned),
+        data_dir=str(data_dir),
+        output_dir=str(tmp_path),
+        combinations="text;text,image",
+        batch_size=8,
+        num_workers=0,
+        device=torch.device("cpu"),
+        backend="faiss",
+        seed=0,
+        no_plots=False,
+        no_model_card=False,
         features="fused",
     )
     results = evaluate(args)

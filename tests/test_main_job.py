@@ -10,14 +10,35 @@ from train import main_job
 
 @pytest.mark.slow
 def test_main_job_runs_end_to_end_and_skips_finished_steps(tmp_path, capsys):
-    options = ["--output_root", str(tmp_path), "--size", "tiny", "--model_config", "tiny", "--max_steps", "2",
-               "--batch_size", "4", "--num_workers", "0", "--combinations", "text;text,image",
-               "--pretrain_args", f"--text_encoder none --tokenizer {minilm_path()}"]
+    options = [
+        "--output_root",
+        str(tmp_path),
+        "--size",
+        "tiny",
+        "--model_config",
+        "tiny",
+        "--max_steps",
+        "2",
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "0",
+        "--combinations",
+        "text;text,image",
+        "--pretrain_args",
+        f"--text_encoder none --tokenizer {minilm_path()}",
+    ]
     main_job.main(options)
     printed = capsys.readouterr().out
     assert "**Table 3**" in printed and "**Table 5**" in printed
-    for path in ("m5product/README.md", "pretrain/model.safetensors", "pretrain/processor_config.json",
-                 "finetune/model.safetensors", "eval/results.json", "eval/tsne.png"):
+    for path in (
+        "m5product/README.md",
+        "pretrain/model.safetensors",
+        "pretrain/processor_config.json",
+        "finetune/model.safetensors",
+        "eval/results.json",
+        "eval/tsne.png",
+    ):
         assert (tmp_path / path).exists(), path
     index_files = sorted(path.name for path in (tmp_path / "index").rglob("*") if path.is_file())
     assert {"embeddings.npy", "index.faiss", "meta.json"} <= set(index_files)

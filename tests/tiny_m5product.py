@@ -36,19 +36,51 @@ def trained_tiny_models(tmp_path_factory) -> tuple[Path, Path, Path]:
         data_dir = converted_tiny_sample(tmp_path_factory)
         root = tmp_path_factory.mktemp("tiny_models")
         repo = Path(__file__).resolve().parents[1]
-        common = ["--per_device_batch_size", "4", "--max_steps", "3", "--checkpointing_steps", "0",
-                  "--logging_steps", "1"]
+        common = [
+            "--per_device_batch_size",
+            "4",
+            "--max_steps",
+            "3",
+            "--checkpointing_steps",
+            "0",
+            "--logging_steps",
+            "1",
+        ]
         subprocess.run(
-            [sys.executable, "train/pretrain.py", "--data_dir", str(data_dir),
-             "--output_dir", str(root / "pretrain"), "--model_config", "tiny", "--text_encoder", "none",
-             "--tokenizer", minilm_path(), *common],
-            check=True, cwd=repo,
+            [
+                sys.executable,
+                "train/pretrain.py",
+                "--data_dir",
+                str(data_dir),
+                "--output_dir",
+                str(root / "pretrain"),
+                "--model_config",
+                "tiny",
+                "--text_encoder",
+                "none",
+                "--tokenizer",
+                minilm_path(),
+                *common,
+            ],
+            check=True,
+            cwd=repo,
         )
         subprocess.run(
-            [sys.executable, "train/finetune.py", "--model_name_or_path", str(root / "pretrain"),
-             "--data_dir", str(data_dir), "--output_dir", str(root / "finetune"), "--report_to", "none",
-             *common],
-            check=True, cwd=repo,
+            [
+                sys.executable,
+                "train/finetune.py",
+                "--model_name_or_path",
+                str(root / "pretrain"),
+                "--data_dir",
+                str(data_dir),
+                "--output_dir",
+                str(root / "finetune"),
+                "--report_to",
+                "none",
+                *common,
+            ],
+            check=True,
+            cwd=repo,
         )
         _CONVERTED["models"] = root
     root = _CONVERTED["models"]

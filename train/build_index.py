@@ -38,8 +38,12 @@ def main(argv: list[str] | None = None) -> None:
     from search_engine import load_search_engine
 
     engine = load_search_engine(
-        checkpoint=args.checkpoint, dataset=args.dataset, dataset_config=args.dataset_config,
-        split=args.split, index_root=args.index_dir, batch_size=args.batch_size,
+        checkpoint=args.checkpoint,
+        dataset=args.dataset,
+        dataset_config=args.dataset_config,
+        split=args.split,
+        index_root=args.index_dir,
+        batch_size=args.batch_size,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
     )
     print(f"gallery index of {len(engine.index)} products in {engine.index.cache_dir}")

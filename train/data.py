@@ -27,7 +27,11 @@ MODALITY_COLUMNS = {"text": "caption", "table": "table", "image": "image", "vide
 """The dataset column that holds each modality."""
 
 PROCESSOR_ARGUMENTS = {
-    "text": "text", "table": "tables", "image": "images", "video": "videos", "audio": "audio",
+    "text": "text",
+    "table": "tables",
+    "image": "images",
+    "video": "videos",
+    "audio": "audio",
 }
 """The processor keyword that takes each modality."""
 

@@ -95,4 +95,3 @@ def extract_embeddings(
         "alignment_scores": torch.cat(scores).numpy() if scores else np.zeros((0, 5, 5), np.float32),
         "modality_mask": torch.cat(masks).long().numpy() if masks else np.zeros((0, 5), np.int64),
     }
-

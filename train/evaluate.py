@@ -38,13 +38,26 @@ from train.metrics import clustering_metrics, linear_probe_accuracy, retrieval_m
 from train.model_card import write_model_card
 
 SHORT_NAMES = {"text": "T", "table": "Tab", "image": "I", "video": "V", "audio": "A"}
-TABLE3 = (("text",), ("text", "image"), ("text", "image", "table"), ("text", "image", "table", "video"),
-          ("text", "image", "table", "video", "audio"))
+TABLE3 = (
+    ("text",),
+    ("text", "image"),
+    ("text", "image", "table"),
+    ("text", "image", "table", "video"),
+    ("text", "image", "table", "video", "audio"),
+)
 TABLE4 = (
-    ("image", "table"), ("image", "video"), ("image", "audio"), ("image", "text"),
-    ("image", "text", "video"), ("image", "text", "audio"), ("image", "table", "video"),
-    ("image", "text", "table"), ("image", "text", "table", "video"), ("image", "table", "audio", "video"),
-    ("image", "text", "audio", "video"), ("image", "text", "table", "audio"),
+    ("image", "table"),
+    ("image", "video"),
+    ("image", "audio"),
+    ("image", "text"),
+    ("image", "text", "video"),
+    ("image", "text", "audio"),
+    ("image", "table", "video"),
+    ("image", "text", "table"),
+    ("image", "text", "table", "video"),
+    ("image", "table", "audio", "video"),
+    ("image", "text", "audio", "video"),
+    ("image", "text", "table", "audio"),
     ("image", "text", "table", "audio", "video"),
 )
 COMBINATION_SETS = {
@@ -96,16 +109,24 @@ class SplitEmbeddings:
         needed = {item_id for key in splits for item_id in self.ids[key]}
         items = self.items.select([row for row, item_id in enumerate(self.item_ids) if item_id in needed])
         result = extract_embeddings(
-            model, processor, items, modalities=modalities, batch_size=args.batch_size,
-            device=args.device, num_workers=args.num_workers, normalize=False,
+            model,
+            processor,
+            items,
+            modalities=modalities,
+            batch_size=args.batch_size,
+            device=args.device,
+            num_workers=args.num_workers,
+            normalize=False,
         )
         row_of = {item_id: row for row, item_id in enumerate(result["item_ids"])}
         per_split = {}
         for key in splits:
             ids = self.ids[key]
             rows = np.array([row_of[item_id] for item_id in ids], dtype=np.int64)
-            per_split[key] = {name: result[name][rows] for name in ("product_embeds", "modality_embeds",
-                                                                     "alignment_scores", "modality_mask")}
+            per_split[key] = {
+                name: result[name][rows]
+                for name in ("product_embeds", "modality_embeds", "alignment_scores", "modality_mask")
+            }
         return per_split
 
 
@@ -134,9 +155,13 @@ def retrieval_scores(
     query, gallery = (config, "query"), (config, "gallery")
     labels = data.labels if label_of == "label" else data.instances
     return retrieval_metrics(
-        _normalised(features_of(embeds[query], features)), labels[query],
-        _normalised(features_of(embeds[gallery], features)), labels[gallery],
-        query_ids=data.ids[query], gallery_ids=data.ids[gallery], backend=backend,
+        _normalised(features_of(embeds[query], features)),
+        labels[query],
+        _normalised(features_of(embeds[gallery], features)),
+        labels[gallery],
+        query_ids=data.ids[query],
+        gallery_ids=data.ids[gallery],
+        backend=backend,
     )
 
 
@@ -170,7 +195,12 @@ def accuracy_of_classifier(model, product_embeds: np.ndarray, labels: np.ndarray
 def classifier_accuracy(model, processor, dataset, modalities, batch_size: int, device) -> float:
     """Accuracy (x100) of a fine-tuned `ScaleForProductClassification` on `dataset` using `modalities`."""
     result = extract_embeddings(
-        model, processor, dataset, modalities=modalities, batch_size=batch_size, device=device,
+        model,
+        processor,
+        dataset,
+        modalities=modalities,
+        batch_size=batch_size,
+        device=device,
         normalize=False,
     )
     return accuracy_of_classifier(model, result["product_embeds"], np.asarray(dataset["label"]))
@@ -205,7 +235,9 @@ def format_tables(results: dict) -> str:
         lines += [
             "**Table 3** — adding modalities (coarse retrieval, pretrain / finetune features; "
             "accuracy: fine-tuned classifier, or the linear probe when no fine-tuned model is given)",
-            "", header.format("Modality"), rule,
+            "",
+            header.format("Modality"),
+            rule,
         ]
         for index, combination in enumerate(sequence):
             name = combination_name(combination)
@@ -222,7 +254,9 @@ def format_tables(results: dict) -> str:
         "**Table 4** — modality combinations (retrieval coarse / fine-grained, "
         f"{'fine-tuned' if finetuned else 'pretrained'} features; accuracy: "
         f"{'fine-tuned classifier' if finetuned else 'linear probe'})",
-        "", header.format("Modality Combinations"), rule,
+        "",
+        header.format("Modality Combinations"),
+        rule,
     ]
     for combination in results["combinations"]:
         name = combination_name(combination)
@@ -234,8 +268,10 @@ def format_tables(results: dict) -> str:
 
     lines += [
         f"**Table 5** — downstream tasks on pretrained features ({results['pretrained_features']}; mAP@1 "
-        "coarse; accuracy: linear probe; k-means NMI / Purity)", "",
-        "| Modalities | mAP@1 | Accuracy | NMI | Purity |", "|---|---|---|---|---|",
+        "coarse; accuracy: linear probe; k-means NMI / Purity)",
+        "",
+        "| Modalities | mAP@1 | Accuracy | NMI | Purity |",
+        "|---|---|---|---|---|",
     ]
     for combination in results["combinations"]:
         row = pretrained[combination_name(combination)]
@@ -313,17 +349,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetuned_dir", default=None, help="fine-tuned ScaleForProductClassification")
     parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
     parser.add_argument("--output_dir", default="outputs/eval")
-    parser.add_argument("--combinations", default="table3",
-                        help="table3, table4, or e.g. 'text;text,image;text,image,table'")
+    parser.add_argument(
+        "--combinations", default="table3", help="table3, table4, or e.g. 'text;text,image;text,image,table'"
+    )
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--device", default=None, help="default: cuda when available")
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "faiss"],
-                        help="retrieval search: chunked exact torch (GPU) or FAISS (CPU)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=["auto", "torch", "faiss"],
+        help="retrieval search: chunked exact torch (GPU) or FAISS (CPU)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--features", default="fused", choices=["fused", "simcl"],
-                        help="pretrained features: the JCT's product_embeds (paper) or the mean of the "
-                             "per-modality SIMCL features (see simcl_features)")
+    parser.add_argument(
+        "--features",
+        default="fused",
+        choices=["fused", "simcl"],
+        help="pretrained features: the JCT's product_embeds (paper) or the mean of the "
+        "per-modality SIMCL features (see simcl_features)",
+    )
     parser.add_argument("--no_plots", action="store_true")
     parser.add_argument("--no_model_card", action="store_true")
     args = parser.parse_args(argv)
@@ -335,12 +380,22 @@ def evaluate(args: argparse.Namespace) -> dict:
     os.makedirs(args.output_dir, exist_ok=True)
     start = time.perf_counter()
     combinations = parse_combinations(args.combinations)
-    splits = [("retrieval_coarse", "query"), ("retrieval_coarse", "gallery"), ("retrieval_fine", "query"),
-              ("retrieval_fine", "gallery"), ("classification", "train"), ("classification", "test")]
+    splits = [
+        ("retrieval_coarse", "query"),
+        ("retrieval_coarse", "gallery"),
+        ("retrieval_fine", "query"),
+        ("retrieval_fine", "gallery"),
+        ("classification", "train"),
+        ("classification", "test"),
+    ]
     data = SplitEmbeddings(args.data_dir, splits)
     results: dict = {
-        "combinations": [list(c) for c in combinations], "pretrained": {}, "finetuned": {},
-        "model_dir": args.model_dir, "finetuned_dir": args.finetuned_dir, "data_dir": args.data_dir,
+        "combinations": [list(c) for c in combinations],
+        "pretrained": {},
+        "finetuned": {},
+        "model_dir": args.model_dir,
+        "finetuned_dir": args.finetuned_dir,
+        "data_dir": args.data_dir,
         "pretrained_features": args.features,
         "split_sizes": {f"{c}/{s}": len(d) for (c, s), d in data.splits.items()},
     }
@@ -364,13 +419,20 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     if not args.no_plots and full_embeds is not None:
         matrix = mean_alignment(full_embeds)
-        results["alignment_matrix"] = {"modalities": list(MODALITIES), "combination": full_name,
-                                       "mean_S": np.where(np.isnan(matrix), None, matrix).tolist()}
+        results["alignment_matrix"] = {
+            "modalities": list(MODALITIES),
+            "combination": full_name,
+            "mean_S": np.where(np.isnan(matrix), None, matrix).tolist(),
+        }
         plot_alignment(matrix, os.path.join(args.output_dir, "alignment_matrix.png"))
         test_key = ("classification", "test")
         known = data.labels[test_key] >= 0
-        plot_tsne(_normalised(full_embeds[test_key]["product_embeds"])[known], data.labels[test_key][known],
-                  os.path.join(args.output_dir, "tsne.png"), args.seed)
+        plot_tsne(
+            _normalised(full_embeds[test_key]["product_embeds"])[known],
+            data.labels[test_key][known],
+            os.path.join(args.output_dir, "tsne.png"),
+            args.seed,
+        )
 
     results["seconds"] = round(time.perf_counter() - start, 1)
     markdown = format_tables(results)

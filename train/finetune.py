@@ -62,8 +62,13 @@ def main(argv: list[str] | None = None) -> None:
         processor, modalities=args.modalities, label_column="label", seed=args.seed
     )
     state = train(
-        args, accelerator, model, IndexedDataset(only_columns_of(train_split, args.modalities)), collate_fn,
-        loss_names=("loss",), tracker_project="scale_finetune",
+        args,
+        accelerator,
+        model,
+        IndexedDataset(only_columns_of(train_split, args.modalities)),
+        collate_fn,
+        loss_names=("loss",),
+        tracker_project="scale_finetune",
     )
 
     accelerator.wait_for_everyone()
@@ -82,10 +87,16 @@ def main(argv: list[str] | None = None) -> None:
         )
         accelerator.print(f"test accuracy ({'+'.join(args.modalities)}): {accuracy:.2f}")
         summary = {
-            "updates": state.global_step, "products": len(train_split), "classes": len(label_names),
-            "pretrained": args.model_name_or_path, "modalities": list(args.modalities), "seed": args.seed,
-            "per_device_batch_size": args.per_device_batch_size, "num_processes": accelerator.num_processes,
-            "learning_rate": args.learning_rate, "test_accuracy": accuracy,
+            "updates": state.global_step,
+            "products": len(train_split),
+            "classes": len(label_names),
+            "pretrained": args.model_name_or_path,
+            "modalities": list(args.modalities),
+            "seed": args.seed,
+            "per_device_batch_size": args.per_device_batch_size,
+            "num_processes": accelerator.num_processes,
+            "learning_rate": args.learning_rate,
+            "test_accuracy": accuracy,
         }
         with open(os.path.join(args.output_dir, "training_summary.json"), "w") as handle:
             json.dump(summary, handle, indent=1)

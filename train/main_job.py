@@ -65,9 +65,20 @@ def run_step(name: str, done: bool, command: list[str], timings: dict) -> None:
 
 def training_options(args: argparse.Namespace, epochs: float) -> list[str]:
     options = [
-        "--num_epochs", str(epochs), "--per_device_batch_size", str(args.batch_size),
-        "--num_workers", str(args.num_workers), "--seed", str(args.seed),
-        "--resume_from_checkpoint", "latest", "--checkpointing_steps", "50", "--logging_steps", "10",
+        "--num_epochs",
+        str(epochs),
+        "--per_device_batch_size",
+        str(args.batch_size),
+        "--num_workers",
+        str(args.num_workers),
+        "--seed",
+        str(args.seed),
+        "--resume_from_checkpoint",
+        "latest",
+        "--checkpointing_steps",
+        "50",
+        "--logging_steps",
+        "10",
     ]
     if args.max_steps:
         options += ["--max_steps", str(args.max_steps)]
@@ -84,13 +95,23 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
 
     run_step(
-        "generate sample", (raw / "sample_info.json").exists(),
-        [python, "-m", "dataset_script.generate_sample", str(raw), "--size", str(args.size),
-         "--seed", str(args.seed)],
+        "generate sample",
+        (raw / "sample_info.json").exists(),
+        [
+            python,
+            "-m",
+            "dataset_script.generate_sample",
+            str(raw),
+            "--size",
+            str(args.size),
+            "--seed",
+            str(args.seed),
+        ],
         timings,
     )
     run_step(
-        "convert", (data / "README.md").exists() and (data / "_conversion" / "summary.json").exists(),
+        "convert",
+        (data / "README.md").exists() and (data / "_conversion" / "summary.json").exists(),
         [python, "-m", "dataset_script.convert", str(raw), str(data), "--num-proc", str(os.cpu_count() or 1)],
         timings,
     )
@@ -101,23 +122,53 @@ def main(argv: list[str] | None = None) -> None:
     for suffix, overrides in runs:
         pretrained = root / f"pretrain{suffix}"
         run_step(
-            f"pretrain{suffix}", (pretrained / "training_summary.json").exists(),
-            [python, "train/pretrain.py", "--data_dir", str(data), "--output_dir", str(pretrained),
-             "--model_config", args.model_config, "--trim_vocabulary", *overrides,
-             *training_options(args, args.pretrain_epochs), *args.pretrain_args.split()],
+            f"pretrain{suffix}",
+            (pretrained / "training_summary.json").exists(),
+            [
+                python,
+                "train/pretrain.py",
+                "--data_dir",
+                str(data),
+                "--output_dir",
+                str(pretrained),
+                "--model_config",
+                args.model_config,
+                "--trim_vocabulary",
+                *overrides,
+                *training_options(args, args.pretrain_epochs),
+                *args.pretrain_args.split(),
+            ],
             timings,
         )
     finetuned = root / "finetune"
     run_step(
-        "finetune", (finetuned / "training_summary.json").exists(),
-        [python, "train/finetune.py", "--model_name_or_path", str(root / "pretrain"), "--data_dir", str(data),
-         "--output_dir", str(finetuned), *training_options(args, args.finetune_epochs)],
+        "finetune",
+        (finetuned / "training_summary.json").exists(),
+        [
+            python,
+            "train/finetune.py",
+            "--model_name_or_path",
+            str(root / "pretrain"),
+            "--data_dir",
+            str(data),
+            "--output_dir",
+            str(finetuned),
+            *training_options(args, args.finetune_epochs),
+        ],
         timings,
     )
     for suffix, _ in runs:
         evaluation = root / f"eval{suffix}"
-        command = [python, "train/evaluate.py", "--model_dir", str(root / f"pretrain{suffix}"),
-                   "--data_dir", str(data), "--output_dir", str(evaluation)]
+        command = [
+            python,
+            "train/evaluate.py",
+            "--model_dir",
+            str(root / f"pretrain{suffix}"),
+            "--data_dir",
+            str(data),
+            "--output_dir",
+            str(evaluation),
+        ]
         if suffix:
             command += ["--combinations", "text,image,table,video,audio", "--no_plots"]
         else:
@@ -125,9 +176,22 @@ def main(argv: list[str] | None = None) -> None:
         run_step(f"evaluate{suffix}", (evaluation / "results.json").exists(), command, timings)
 
     if not args.no_index:
-        run_step("gallery index", False, [python, "-m", "train.build_index", "--checkpoint",
-                                           str(root / "pretrain"), "--dataset", str(data),
-                                           "--index_dir", str(root / "index")], timings)
+        run_step(
+            "gallery index",
+            False,
+            [
+                python,
+                "-m",
+                "train.build_index",
+                "--checkpoint",
+                str(root / "pretrain"),
+                "--dataset",
+                str(data),
+                "--index_dir",
+                str(root / "index"),
+            ],
+            timings,
+        )
 
     timings["total"] = round(time.perf_counter() - start, 1)
     print("\n" + (root / "eval" / "results.md").read_text())
@@ -140,10 +204,13 @@ def main(argv: list[str] | None = None) -> None:
 
 def simcl_table(root: Path) -> str:
     """Paper Table 6 analogue: the pretrained model with and without SIMCL's S weighting (all modalities)."""
-    lines = ["**SIMCL ablation** — all five modalities, pretrained features (coarse retrieval; linear probe; "
-             "k-means)", "",
-             "| SIMCL | mAP@1 | mAP@5 | mAP@10 | Prec@1 | Prec@5 | Prec@10 | Accuracy | NMI | Purity |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "**SIMCL ablation** — all five modalities, pretrained features (coarse retrieval; linear probe; "
+        "k-means)",
+        "",
+        "| SIMCL | mAP@1 | mAP@5 | mAP@10 | Prec@1 | Prec@5 | Prec@10 | Accuracy | NMI | Purity |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, folder in (("on", "eval"), ("off", "eval_no_simcl")):
         results = json.loads((root / folder / "results.json").read_text())
         row = results["pretrained"]["T+I+Tab+V+A"]

@@ -173,7 +173,10 @@ def clustering_metrics(
 
 
 def linear_probe_accuracy(
-    train_embeds: np.ndarray, train_labels: Sequence, test_embeds: np.ndarray, test_labels: Sequence,
+    train_embeds: np.ndarray,
+    train_labels: Sequence,
+    test_embeds: np.ndarray,
+    test_labels: Sequence,
     max_iter: int = 2000,
 ) -> float:
     """Accuracy (x100) of a logistic-regression classifier fitted on frozen `train_embeds`. Features are

@@ -47,15 +47,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_dir", default="outputs/pretrain")
     parser.add_argument("--model_config", default="sample", help="preset (paper, sample, tiny) or JSON file")
     parser.add_argument("--config_overrides", default=None, help='e.g. "use_simcl=false,num_fusion_layers=4"')
-    parser.add_argument("--text_encoder", default=default_text_encoder(),
-                        help="BERT folder initialising the text encoder; 'none' to start from scratch")
+    parser.add_argument(
+        "--text_encoder",
+        default=default_text_encoder(),
+        help="BERT folder initialising the text encoder; 'none' to start from scratch",
+    )
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: --text_encoder's)")
-    parser.add_argument("--no_vocabulary_extension", action="store_true",
-                        help="do not append the corpus' CJK characters missing from the tokenizer")
-    parser.add_argument("--trim_vocabulary", action="store_true",
-                        help="keep only the tokens the corpus uses (+ single characters): small-data runs")
-    parser.add_argument("--modalities", default=",".join(MODALITIES),
-                        help="comma-separated modalities to pretrain on (default: all five)")
+    parser.add_argument(
+        "--no_vocabulary_extension",
+        action="store_true",
+        help="do not append the corpus' CJK characters missing from the tokenizer",
+    )
+    parser.add_argument(
+        "--trim_vocabulary",
+        action="store_true",
+        help="keep only the tokens the corpus uses (+ single characters): small-data runs",
+    )
+    parser.add_argument(
+        "--modalities",
+        default=",".join(MODALITIES),
+        help="comma-separated modalities to pretrain on (default: all five)",
+    )
     add_training_arguments(parser)
     args = parser.parse_args(argv)
     args.modalities = check_modalities(args.modalities.split(","))
@@ -142,8 +154,14 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
     )
     state = train(
-        args, accelerator, model, IndexedDataset(only_columns_of(dataset, args.modalities)), collate_fn,
-        loss_names=LOSS_NAMES, extra_scalars=alignment_scalars, tracker_project="scale_pretrain",
+        args,
+        accelerator,
+        model,
+        IndexedDataset(only_columns_of(dataset, args.modalities)),
+        collate_fn,
+        loss_names=LOSS_NAMES,
+        extra_scalars=alignment_scalars,
+        tracker_project="scale_pretrain",
     )
 
     accelerator.wait_for_everyone()
@@ -157,11 +175,18 @@ def main(argv: list[str] | None = None) -> None:
     if accelerator.is_main_process:
         processor.save_pretrained(args.output_dir)
         summary = {
-            "updates": state.global_step, "epochs_started": state.epoch + 1, "products": len(dataset),
-            "modalities": list(args.modalities), "model_config": args.model_config,
-            "config_overrides": args.config_overrides, "text_encoder": args.text_encoder,
-            "added_characters": added_characters, "vocabulary": len(tokenizer), "seed": args.seed,
-            "per_device_batch_size": args.per_device_batch_size, "num_processes": accelerator.num_processes,
+            "updates": state.global_step,
+            "epochs_started": state.epoch + 1,
+            "products": len(dataset),
+            "modalities": list(args.modalities),
+            "model_config": args.model_config,
+            "config_overrides": args.config_overrides,
+            "text_encoder": args.text_encoder,
+            "added_characters": added_characters,
+            "vocabulary": len(tokenizer),
+            "seed": args.seed,
+            "per_device_batch_size": args.per_device_batch_size,
+            "num_processes": accelerator.num_processes,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "learning_rate": args.learning_rate,
         }

@@ -120,7 +120,11 @@ def top_k_search(
         backend = "torch" if on_gpu else "faiss"
     if backend == "torch":
         return torch_top_k(
-            queries, gallery, k, device=device,
-            query_chunk_size=query_chunk_size or 1024, gallery_chunk_size=gallery_chunk_size,
+            queries,
+            gallery,
+            k,
+            device=device,
+            query_chunk_size=query_chunk_size or 1024,
+            gallery_chunk_size=gallery_chunk_size,
         )
     return faiss_top_k(queries, gallery, k, query_chunk_size=query_chunk_size or 16384)

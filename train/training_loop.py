@@ -48,7 +48,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gradient_accumulation_steps", type=int, default=1)
     group.add_argument("--learning_rate", type=float, default=1e-4, help="paper: 1e-4 with warm-up")
     group.add_argument(
-        "--text_encoder_lr_scale", type=float, default=0.1,
+        "--text_encoder_lr_scale",
+        type=float,
+        default=0.1,
         help="learning-rate multiplier of the BERT-initialised text encoder",
     )
     group.add_argument("--weight_decay", type=float, default=0.01)
@@ -60,12 +62,19 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max_steps", type=int, default=None, help="updates; overrides --num_epochs")
     group.add_argument("--num_workers", type=int, default=0, help="DataLoader workers running the processor")
     group.add_argument("--seed", type=int, default=42)
-    group.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None,
-                       help="default: the accelerate config's value")
+    group.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="default: the accelerate config's value",
+    )
     group.add_argument("--checkpointing_steps", type=int, default=500, help="save_state every N updates")
     group.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep only the newest N")
-    group.add_argument("--resume_from_checkpoint", default=None,
-                       help="a checkpoint folder, or 'latest' for the newest one in OUTPUT_DIR/checkpoints")
+    group.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="a checkpoint folder, or 'latest' for the newest one in OUTPUT_DIR/checkpoints",
+    )
     group.add_argument("--logging_steps", type=int, default=10)
     group.add_argument("--report_to", default="tensorboard", help="accelerate tracker(s), or 'none'")
 
@@ -117,7 +126,8 @@ def parameter_groups(
     text_ids = {id(p) for part in text_parts for p in part.parameters()}
     groups = {
         (is_text, decay): {
-            "params": [], "weight_decay": weight_decay if decay else 0.0,
+            "params": [],
+            "weight_decay": weight_decay if decay else 0.0,
             "lr": learning_rate * (text_encoder_lr_scale if is_text else 1.0),
             "name": f"{'text_encoder' if is_text else 'rest'}{'' if decay else '_no_decay'}",
         }
@@ -231,14 +241,17 @@ def train(
         )
     optimizer = torch.optim.AdamW(
         parameter_groups(model, args.learning_rate, args.text_encoder_lr_scale, args.weight_decay),
-        lr=args.learning_rate, betas=(0.9, args.adam_beta2),
+        lr=args.learning_rate,
+        betas=(0.9, args.adam_beta2),
     )
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     updates_per_epoch = math.ceil(len(loader) / args.gradient_accumulation_steps)
     total_updates = args.max_steps or math.ceil(args.num_epochs * updates_per_epoch)
     scheduler = get_scheduler(
-        args.lr_scheduler_type, optimizer,
-        num_warmup_steps=int(args.warmup_ratio * total_updates), num_training_steps=total_updates,
+        args.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=int(args.warmup_ratio * total_updates),
+        num_training_steps=total_updates,
     )
     accelerator.register_for_checkpointing(scheduler)
 
@@ -250,14 +263,18 @@ def train(
     if resume:
         accelerator.load_state(resume)
         state = TrainingState.load(resume)
-        accelerator.print(f"resumed from {resume}: update {state.global_step}, epoch {state.epoch}, "
-                          f"{state.batches_in_epoch} batches into it")
+        accelerator.print(
+            f"resumed from {resume}: update {state.global_step}, epoch {state.epoch}, "
+            f"{state.batches_in_epoch} batches into it"
+        )
 
     if accelerator.is_main_process and args.report_to not in (None, "none"):
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(tracker_project, config=config)
     progress = tqdm(
-        total=total_updates, initial=state.global_step, desc="updates",
+        total=total_updates,
+        initial=state.global_step,
+        desc="updates",
         disable=not accelerator.is_local_main_process,
     )
     window = _Window()

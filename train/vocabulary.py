@@ -19,8 +19,11 @@ from transformers import BertTokenizerFast, PreTrainedTokenizerBase
 def _is_cjk(character: str) -> bool:
     code = ord(character)
     return (
-        0x4E00 <= code <= 0x9FFF or 0x3400 <= code <= 0x4DBF or 0x20000 <= code <= 0x2A6DF
-        or 0xF900 <= code <= 0xFAFF or 0x2F800 <= code <= 0x2FA1F
+        0x4E00 <= code <= 0x9FFF
+        or 0x3400 <= code <= 0x4DBF
+        or 0x20000 <= code <= 0x2A6DF
+        or 0xF900 <= code <= 0xFAFF
+        or 0x2F800 <= code <= 0x2FA1F
     )
 
 
