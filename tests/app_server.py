@@ -22,7 +22,7 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parent.parent
 APP = REPO_ROOT / "spaces_demo" / "app.py"
 SAMPLE_SIZE = 200
-"""Products in the generated sample; its coarse-retrieval gallery then holds a couple of dozen."""
+"""Products in the generated sample; its coarse-retrieval gallery then holds one to two dozen."""
 SERVER_START_TIMEOUT = 180
 
 
@@ -74,6 +74,13 @@ def build_tiny_demo_assets(root: Path) -> DemoAssets:
     ScaleModel(config).save_pretrained(assets.checkpoint_dir)
     processor.save_pretrained(assets.checkpoint_dir)
     return assets
+
+
+def gallery_size(assets: DemoAssets) -> int:
+    """Products in the coarse-retrieval gallery the app searches."""
+    from datasets import load_dataset
+
+    return len(load_dataset(str(assets.dataset_dir), "retrieval_coarse", split="gallery"))
 
 
 def richest_gallery_product(assets: DemoAssets) -> str:

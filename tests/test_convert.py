@@ -90,13 +90,17 @@ def test_every_config_loads_with_the_right_splits_and_decodes(tiny_raw, converte
 
 def test_streaming_reads_the_same_rows(tiny_raw, converted, tmp_path):
     out_dir, _ = converted
+    decoded = {"video": 0, "audio": 0}
     for config, splits in CONFIG_SPLITS.items():
         streamed = _load(out_dir, config, tmp_path, streaming=True)
         for split in splits:
             rows = list(streamed[split])
             assert [row["item_id"] for row in rows] == _split_ids(tiny_raw, config, split)
-    fine = next(row for row in streamed["test"] if row["video"] is not None and row["audio"] is not None)
-    _assert_decodes(fine)
+            for row in rows:
+                _assert_decodes(row)
+                for modality in decoded:
+                    decoded[modality] += row[modality] is not None
+    assert min(decoded.values()) > 0
 
 
 def test_card_is_a_hub_dataset_card(converted):

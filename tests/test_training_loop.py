@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from tiny_m5product import converted_tiny_sample, minilm_path
 
 from modeling_scale import ScaleConfig, ScaleForPreTraining
+from train.components import load_split
 from train.training_loop import EpochShuffleSampler, TrainingState, checkpoint_dirs, parameter_groups
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -78,6 +79,8 @@ def pretrain_command(data_dir: Path, output_dir: Path, *extra: str) -> list[str]
         "--max_steps",
         "6",
         "--checkpointing_steps",
+        "2",
+        "--checkpoints_total_limit",
         "3",
         "--logging_steps",
         "1",
@@ -91,16 +94,19 @@ def pretrain_command(data_dir: Path, output_dir: Path, *extra: str) -> list[str]
 
 @pytest.mark.slow
 def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path_factory, tmp_path):
-    """6 updates of 2 accumulated batches (28 products / 4 per batch = 7 batches an epoch, so the run crosses
-    an epoch boundary and its last update of epoch 0 is a partial one); dropout is on. The checkpoint after
-    update 3 sits mid-epoch. A new process resuming from it must end bit-identical to the full run."""
+    """6 updates of 2 accumulated batches of 4, dropout on, a checkpoint every 2 updates. The sample holds
+    5-7 full batches an epoch (the loader drops the last partial one), so the run crosses an epoch boundary,
+    epoch 0 ends on a single-batch update, and the checkpoint after update 2 sits mid-epoch. A new process
+    resuming from it must end bit-identical to the full run."""
     data_dir = converted_tiny_sample(tmp_path_factory)
+    batches_per_epoch = len(load_split(str(data_dir), "pretrain", "train")) // 4
+    assert 5 <= batches_per_epoch <= 7 and batches_per_epoch % 2, "the tiny sample no longer fits this test"
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     subprocess.run(pretrain_command(data_dir, full), check=True, cwd=REPO_ROOT)
     checkpoints = checkpoint_dirs(str(full))
-    assert [Path(c).name for c in checkpoints] == ["step_3", "step_6"]
+    assert [Path(c).name for c in checkpoints] == ["step_2", "step_4", "step_6"]
     state = TrainingState.load(checkpoints[0])
-    assert (state.global_step, state.epoch, state.batches_in_epoch) == (3, 0, 6)
+    assert (state.global_step, state.epoch, state.batches_in_epoch) == (2, 0, 4)
 
     subprocess.run(
         pretrain_command(data_dir, resumed, "--resume_from_checkpoint", checkpoints[0]),
