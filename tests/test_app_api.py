@@ -96,7 +96,7 @@ def test_gallery_product_as_query_finds_itself(client, assets):
     item_id = richest_gallery_product(assets)  # has all five modalities
     text, table, image, video, audio = client.predict(item_id, api_name="/load_product")
     assert text and table["data"] and image and video and audio
-    # the whole gallery: the random model ranks near-ties arbitrarily, so the test checks the score, not the rank
+    # the whole gallery: the random model ranks near-ties arbitrarily, so check the score, not the rank
     whole_gallery = gallery_size(assets)
     outputs = search(
         client,
