@@ -30,7 +30,7 @@ def test_epoch_shuffle_sampler_depends_only_on_seed_and_epoch():
     assert list(EpochShuffleSampler(5, seed=3, shuffle=False)) == [0, 1, 2, 3, 4]
 
 
-def test_parameter_groups_give_text_encoder_its_own_rate_and_skip_decay_for_norms_and_biases():
+def test_parameter_groups_give_text_encoder_and_s_their_own_rates_and_skip_decay_for_norms_and_biases():
     config = ScaleConfig(
         vocab_size=100,
         hidden_size=16,
@@ -43,9 +43,11 @@ def test_parameter_groups_give_text_encoder_its_own_rate_and_skip_decay_for_norm
         projection_dim=8,
     )
     model = ScaleForPreTraining(config)
-    groups = {group["name"]: group for group in parameter_groups(model, 1e-3, 0.1, 0.01)}
-    assert set(groups) == {"text_encoder", "text_encoder_no_decay", "rest", "rest_no_decay"}
+    groups = {group["name"]: group for group in parameter_groups(model, 1e-3, 0.1, 0.01, 30.0)}
+    assert set(groups) == {"text_encoder", "text_encoder_no_decay", "rest", "rest_no_decay", "alignment"}
     assert groups["text_encoder"]["lr"] == pytest.approx(1e-4)
+    assert groups["alignment"]["params"] == [model.scale.alignment_parameter]
+    assert groups["alignment"]["lr"] == pytest.approx(3e-2) and groups["alignment"]["weight_decay"] == 0.0
     assert groups["rest"]["lr"] == pytest.approx(1e-3)
     assert groups["rest_no_decay"]["weight_decay"] == 0.0 and groups["rest"]["weight_decay"] == 0.01
     text_ids = {id(p) for p in model.scale.encoders["text"].parameters()}

@@ -53,6 +53,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.1,
         help="learning-rate multiplier of the BERT-initialised text encoder",
     )
+    group.add_argument(
+        "--alignment_lr_scale",
+        type=float,
+        default=1.0,
+        help="learning-rate multiplier of SIMCL's learned alignment matrix S (never weight-decayed)",
+    )
     group.add_argument("--weight_decay", type=float, default=0.01)
     group.add_argument("--adam_beta2", type=float, default=0.999)
     group.add_argument("--max_grad_norm", type=float, default=1.0)
@@ -118,12 +124,18 @@ def make_accelerator(args: argparse.Namespace) -> Accelerator:
 
 
 def parameter_groups(
-    model: torch.nn.Module, learning_rate: float, text_encoder_lr_scale: float, weight_decay: float
+    model: torch.nn.Module,
+    learning_rate: float,
+    text_encoder_lr_scale: float,
+    weight_decay: float,
+    alignment_lr_scale: float = 1.0,
 ) -> list[dict]:
-    """AdamW groups: (text embeddings + encoder | rest) x (decayed | not decayed), dropping empty groups."""
+    """AdamW groups: (text embeddings + encoder | rest) x (decayed | not decayed), plus SIMCL's learned S on
+    its own (no weight decay, which would pull every loss weight towards 0); empty groups are dropped."""
     base = model.base_model
     text_parts = [getattr(base, name)["text"] for name in ("embeddings", "encoders") if hasattr(base, name)]
     text_ids = {id(p) for part in text_parts for p in part.parameters()}
+    alignment = getattr(base, "alignment_parameter", None)
     groups = {
         (is_text, decay): {
             "params": [],
@@ -134,12 +146,21 @@ def parameter_groups(
         for is_text in (True, False)
         for decay in (True, False)
     }
+    alignment_group = {
+        "params": [],
+        "weight_decay": 0.0,
+        "lr": learning_rate * alignment_lr_scale,
+        "name": "alignment",
+    }
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
+        if parameter is alignment:
+            alignment_group["params"].append(parameter)
+            continue
         decay = parameter.ndim >= 2 and "norm" not in name.lower()
         groups[(id(parameter) in text_ids, decay)]["params"].append(parameter)
-    return [group for group in groups.values() if group["params"]]
+    return [group for group in (*groups.values(), alignment_group) if group["params"]]
 
 
 def checkpoint_dirs(output_dir: str) -> list[str]:
@@ -240,7 +261,13 @@ def train(
             f"the dataset has {len(dataset)} rows, fewer than one batch of {args.per_device_batch_size}"
         )
     optimizer = torch.optim.AdamW(
-        parameter_groups(model, args.learning_rate, args.text_encoder_lr_scale, args.weight_decay),
+        parameter_groups(
+            model,
+            args.learning_rate,
+            args.text_encoder_lr_scale,
+            args.weight_decay,
+            args.alignment_lr_scale,
+        ),
         lr=args.learning_rate,
         betas=(0.9, args.adam_beta2),
     )
