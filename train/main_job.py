@@ -38,7 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size", default="default", choices=["tiny", "default"], help="sample size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model_config", default="sample", help="model preset (train/configs/model)")
-    parser.add_argument("--pretrain_epochs", type=float, default=4)
+    parser.add_argument(
+        "--pretrain_epochs",
+        type=float,
+        default=8,
+        help="8 on the sample: at 4 the contrastive loss was still at 3.07 (chance ~3.4) and the pretrained "
+        "fused features retrieved worse with all five modalities than with text + image",
+    )
     parser.add_argument("--finetune_epochs", type=float, default=3)
     parser.add_argument("--max_steps", type=int, default=None, help="cap every training run (smoke tests)")
     parser.add_argument("--batch_size", type=int, default=32)
