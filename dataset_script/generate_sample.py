@@ -171,9 +171,8 @@ def plan_sample(num_items: int, seed: int) -> tuple[list[ItemPlan], dict[tuple[s
 
     Instances: ~8 % of them have 2-4 listings (fine-grained retrieval); they all go to the fine pool, with
     some single-listing distractors. Of the rest, 20 % form the coarse retrieval pool (query 40 % of it, so
-    that the default sample's mAP@1 rests on ~180 queries, a standard error near 3.5 points) and the others
-    the pretraining pool. Classification trains on the pretraining pool and tests on the
-    coarse pool.
+    that the default sample's mAP@1 rests on ~170 queries, a standard error near 3.5 points) and the others
+    the pretraining pool. Classification trains on the pretraining pool and tests on the coarse pool.
     """
     rng = np.random.default_rng(seed)
     weights = _long_tailed_weights(rng, len(CATEGORIES))

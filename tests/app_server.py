@@ -76,21 +76,25 @@ def build_tiny_demo_assets(root: Path) -> DemoAssets:
     return assets
 
 
-def gallery_size(assets: DemoAssets) -> int:
-    """Products in the coarse-retrieval gallery the app searches."""
+def coarse_gallery(assets: DemoAssets):
+    """The coarse-retrieval gallery the app searches, as `load_dataset` gives it."""
     from datasets import load_dataset
 
-    return len(load_dataset(str(assets.dataset_dir), "retrieval_coarse", split="gallery"))
+    return load_dataset(str(assets.dataset_dir), "retrieval_coarse", split="gallery")
+
+
+def gallery_size(assets: DemoAssets) -> int:
+    """Products in the coarse-retrieval gallery."""
+    return len(coarse_gallery(assets))
 
 
 def richest_gallery_product(assets: DemoAssets) -> str:
     """The item id of a coarse-gallery product with as many modalities as any (all five in the sample)."""
-    from datasets import load_dataset
-
-    gallery = load_dataset(str(assets.dataset_dir), "retrieval_coarse", split="gallery")
-    rows = gallery.data.select(
-        ["item_id", "caption", "table", "image", "video", "audio"]
-    ).to_pylist()  # undecoded
+    rows = (
+        coarse_gallery(assets)
+        .data.select(["item_id", "caption", "table", "image", "video", "audio"])
+        .to_pylist()
+    )  # undecoded
     return max(rows, key=lambda row: sum(bool(value) for value in row.values()))["item_id"]
 
 
