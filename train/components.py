@@ -1,4 +1,4 @@
-"""Building the model config, processor and datasets that pretrain.py, finetune.py and evaluate.py share.
+"""Building the model config, processor and datasets that pretrain.py, finetune.py and evaluation.py share.
 
 Model presets live in `train/configs/model/*.json` (`{"model": ScaleConfig kwargs, "processor": ...}`):
 `paper` (the paper's sizes), `sample` (the bundled sample on a CPU), `tiny` (tests). `--model_config` takes a

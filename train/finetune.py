@@ -19,7 +19,7 @@ import sys
 from modeling_scale import MODALITIES, ScaleForProductClassification
 from train.components import DEFAULT_DATA_DIR, load_split
 from train.data import IndexedDataset, ScaleBatchCollator, check_modalities, only_columns_of
-from train.evaluate import classifier_accuracy
+from train.evaluation import classifier_accuracy
 from train.model_card import write_model_card
 from train.training_loop import add_training_arguments, make_accelerator, train
 

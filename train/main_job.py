@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max_steps", type=int, default=None, help="cap every training run (smoke tests)")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_workers", type=int, default=1, help="DataLoader workers running the processor")
-    parser.add_argument("--combinations", default="table3", help="evaluate.py --combinations")
+    parser.add_argument("--combinations", default="table3", help="evaluation.py --combinations")
     parser.add_argument("--simcl_ablation", action="store_true", help="also pretrain with use_simcl=false")
     parser.add_argument("--no_index", action="store_true", help="skip the demo's gallery index")
     parser.add_argument("--pretrain_args", default="", help="extra pretrain.py options")
@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
         evaluation = root / f"eval{suffix}"
         command = [
             python,
-            "train/evaluate.py",
+            "train/evaluation.py",
             "--model_dir",
             str(root / f"pretrain{suffix}"),
             "--data_dir",

@@ -1,4 +1,4 @@
-"""evaluate.py on the tiny sample: the paper's tables, JSON, plots and model cards from real checkpoints;
+"""evaluation.py on the tiny sample: the paper's tables, JSON, plots and model cards from real checkpoints;
 and embedding extraction (modality subsets, batch-size invariance)."""
 
 import json
@@ -12,7 +12,7 @@ from tiny_m5product import trained_tiny_models
 from transformers import AutoModel, AutoProcessor
 
 from train.embeddings import extract_embeddings
-from train.evaluate import (
+from train.evaluation import (
     TABLE3,
     combination_name,
     evaluate,

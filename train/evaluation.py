@@ -1,6 +1,6 @@
 """Reproduce the paper's evaluation (Tables 3-5) for a pretrained (and optionally a fine-tuned) SCALE.
 
-    python train/evaluate.py --model_dir outputs/pretrain --finetuned_dir outputs/finetune \
+    python train/evaluation.py --model_dir outputs/pretrain --finetuned_dir outputs/finetune \
         --data_dir outputs/m5product --output_dir outputs/eval
 
 For every modality combination (default: the paper's Table 3 sequence text -> +image -> +table -> +video ->
