@@ -74,9 +74,12 @@ class M5ProductRaw(datasets.GeneratorBasedBuilder):
                     logger.warning(f"item {item_id}: in a split file but not in the annotation; skipped")
                     continue
                 example, issues = build_example(data_dir, item_id, record, label_ids)
+                if issues.record_problems:
+                    logger.warning(f"item {item_id}: {'; '.join(issues.record_problems)}")
                 if issues.corrupt_media or issues.malformed_pv or issues.unknown_label is not None:
                     logger.warning(
                         f"item {item_id}: corrupt media {issues.corrupt_media} (stored as missing), "
                         f"malformed pv segments {issues.malformed_pv}, unknown label {issues.unknown_label!r}"
                     )
-                yield item_id, example
+                if example is not None:
+                    yield item_id, example

@@ -1,7 +1,7 @@
 """Convert an M5Product raw release (or the generated sample) into Parquet shards plus a dataset card.
 
     python -m dataset_script.convert RAW_DIR OUT_DIR --num-proc N [--items-per-shard 1000]
-        [--shard-index I --num-shards N]
+        [--shard-index I --num-shards N] [--video-fps 1 --max-video-frames 12 --max-audio-seconds 12]
 
 Output, loadable with `load_dataset(OUT_DIR, "<config>")` (also `streaming=True`), pushable to the Hub as is::
 
@@ -19,12 +19,19 @@ Shards are fixed lists of ids (`--items-per-shard` consecutive ids of a split fi
 depends on how many processes or machines wrote it. A shard is written to a temporary name and renamed when
 complete, then its manifest record is written the same way; a rerun skips every shard whose record matches.
 `--shard-index/--num-shards` give machine I of N every N-th shard; all machines may write into one shared
-OUT_DIR, and whichever run finds every shard complete writes the card and the summary.
+OUT_DIR, and whichever run finds every shard complete writes the card and the summary. Temporary files that a
+killed run left behind (`*.tmp-PID`) are removed when their shard is written again, so that a folder upload
+never publishes them.
+
+One bad record never stops a conversion: each record is checked against the schema (`validate_record`), a
+media file is decoded as far as training will read it (`MediaReading`: the sampled frames, the audio window,
+with the processor's own functions), and every problem is listed by item id, with its reason, in the summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import os
@@ -37,6 +44,7 @@ from .raw_layout import (
     CONFIG_SPLITS,
     MEDIA,
     SPLIT_FILES,
+    MediaReading,
     build_example,
     load_annotations,
     read_labels,
@@ -113,6 +121,20 @@ def read_manifest_record(out_dir: str, spec: ShardSpec) -> dict | None:
     return record
 
 
+def remove_stale_temporaries(out_dir: str, spec: ShardSpec) -> list[str]:
+    """Delete the `*.tmp-PID` files of `spec`'s shard and manifest record (left by a killed run).
+
+    Only the shards a run is about to write are cleaned: with `--num-shards`, another machine's shards (and
+    their temporaries, possibly being written right now) are never touched.
+    """
+    stale = []
+    for final in (spec.file, spec.manifest_file):
+        for path in glob.glob(glob.escape(os.path.join(out_dir, final)) + ".tmp-*"):
+            os.remove(path)
+            stale.append(os.path.relpath(path, out_dir))
+    return stale
+
+
 def _atomic_write_json(path: str, payload: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     temporary = f"{path}.tmp-{os.getpid()}"
@@ -130,6 +152,7 @@ class ShardTask:
     label_names: list[str]
     row_group_size: int
     row_group_bytes: int
+    reading: MediaReading = MediaReading()
 
 
 def write_shard(task: ShardTask) -> dict:
@@ -148,9 +171,11 @@ def write_shard(task: ShardTask) -> dict:
     temporary = f"{path}.tmp-{os.getpid()}"
     issues = {
         "unknown_ids": [],
+        "invalid_records": {},
+        "skipped_items": [],
         "malformed_pv": {},
         "unknown_labels": {},
-        "corrupt_media": {m: [] for m in MEDIA},
+        "corrupt_media": {m: {} for m in MEDIA},
         "missing_media": dict.fromkeys(MEDIA, 0),
     }
     rows, row_bytes, num_rows, modality_counts = [], 0, 0, dict.fromkeys(("caption", "table", *MEDIA), 0)
@@ -167,13 +192,18 @@ def write_shard(task: ShardTask) -> dict:
             if record is None:
                 issues["unknown_ids"].append(item_id)
                 continue
-            example, item_issues = build_example(task.raw_dir, item_id, record, label_ids)
+            example, item_issues = build_example(task.raw_dir, item_id, record, label_ids, task.reading)
+            if item_issues.record_problems:
+                issues["invalid_records"][item_id] = item_issues.record_problems
+            if item_issues.skipped:
+                issues["skipped_items"].append(item_id)
+                continue
             if item_issues.malformed_pv:
                 issues["malformed_pv"][item_id] = item_issues.malformed_pv
             if item_issues.unknown_label is not None:
                 issues["unknown_labels"][item_id] = item_issues.unknown_label
-            for modality in item_issues.corrupt_media:
-                issues["corrupt_media"][modality].append(item_id)
+            for modality, reason in item_issues.corrupt_media.items():
+                issues["corrupt_media"][modality][item_id] = reason
             for modality in item_issues.missing_media:
                 issues["missing_media"][modality] += 1
             for key in modality_counts:
@@ -217,8 +247,8 @@ def _waves(shards: list[ShardSpec], max_items: int) -> Iterator[list[ShardSpec]]
 def summarise(records: list[dict], split_file_problems: dict) -> dict:
     """Merge the shards' issue reports: ids listed once even when an item appears in several configs."""
     unknown_ids: dict[str, list[str]] = {}
-    malformed_pv, unknown_labels = {}, {}
-    corrupt_media = {m: set() for m in MEDIA}
+    malformed_pv, unknown_labels, invalid_records, skipped_items = {}, {}, {}, set()
+    corrupt_media: dict[str, dict[str, str]] = {m: {} for m in MEDIA}
     missing_media = dict.fromkeys(MEDIA, 0)
     splits = {}
     for record in sorted(records, key=lambda r: (r["config"], r["split"], r["index"])):
@@ -232,6 +262,8 @@ def summarise(records: list[dict], split_file_problems: dict) -> dict:
             unknown_ids.setdefault(key, []).extend(issues["unknown_ids"])
         malformed_pv.update(issues["malformed_pv"])
         unknown_labels.update(issues["unknown_labels"])
+        invalid_records.update(issues["invalid_records"])
+        skipped_items.update(issues["skipped_items"])
         for modality in MEDIA:
             corrupt_media[modality].update(issues["corrupt_media"][modality])
             missing_media[modality] += issues["missing_media"][modality]
@@ -239,9 +271,12 @@ def summarise(records: list[dict], split_file_problems: dict) -> dict:
         "splits": splits,
         "unknown_split_ids": unknown_ids,
         **split_file_problems,
+        "invalid_records": dict(sorted(invalid_records.items())),
+        "skipped_items": sorted(skipped_items),
         "malformed_pv": malformed_pv,
         "unknown_labels": unknown_labels,
-        "corrupt_media": {m: sorted(ids) for m, ids in corrupt_media.items()},
+        "corrupt_media": {m: sorted(reasons) for m, reasons in corrupt_media.items()},
+        "corrupt_media_reasons": {m: dict(sorted(reasons.items())) for m, reasons in corrupt_media.items()},
         "missing_media_rows": missing_media,
     }
 
@@ -291,6 +326,8 @@ def write_card(out_dir: str, label_names: list[str], summary: dict) -> None:
     )
     issue_counts = {
         "split-file ids missing from the annotation": sum(map(len, summary["unknown_split_ids"].values())),
+        "records with fields outside the schema (valid fields kept)": len(summary["invalid_records"]),
+        "records that are not JSON objects (item left out)": len(summary["skipped_items"]),
         "malformed `pv` strings (well-formed pairs kept)": len(summary["malformed_pv"]),
         "labels outside labels.txt (stored as -1)": len(summary["unknown_labels"]),
         "split files absent (split left out)": len(summary["missing_split_files"]),
@@ -320,10 +357,16 @@ def convert(
     row_group_size: int = 100,
     row_group_bytes: int = 64 << 20,
     max_items_in_memory: int = 1_000_000,
+    reading: MediaReading | None = None,
 ) -> dict:
-    """Convert RAW_DIR into OUT_DIR (resumable); return the summary, or progress when shards are missing."""
+    """Convert RAW_DIR into OUT_DIR (resumable); return the summary, or progress when shards are missing.
+
+    `reading` says how much of each media file training reads (frames per second and count, audio seconds);
+    the media check decodes that much (default: the processor's defaults).
+    """
     from tqdm.auto import tqdm
 
+    reading = reading or MediaReading()
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
     start = time.perf_counter()
@@ -333,6 +376,9 @@ def convert(
     pending = [spec for spec in mine if read_manifest_record(out_dir, spec) is None]
     done = len(mine) - len(pending)
     print(f"{len(shards)} shards in all, {len(mine)} for this run, {done} already complete")
+    stale = [path for spec in pending for path in remove_stale_temporaries(out_dir, spec)]
+    if stale:
+        print(f"removed {len(stale)} temporary files left by an interrupted run: {stale[:5]}")
 
     written = 0
     progress = tqdm(total=sum(len(spec.item_ids) for spec in pending), unit="item", desc="converting")
@@ -348,6 +394,7 @@ def convert(
                     label_names,
                     row_group_size,
                     row_group_bytes,
+                    reading,
                 )
                 for spec in wave
             ]
@@ -398,14 +445,21 @@ def _print_report(summary: dict) -> None:
         "unknown_split_ids": summary["unknown_split_ids"],
         "duplicate_split_ids": summary["duplicate_split_ids"],
         "missing_split_files": summary["missing_split_files"],
+        "invalid_records": summary["invalid_records"],
         "malformed_pv": summary["malformed_pv"],
         "unknown_labels": summary["unknown_labels"],
-        "corrupt_media": {m: ids for m, ids in summary["corrupt_media"].items() if ids},
+        "corrupt_media": {m: reasons for m, reasons in summary["corrupt_media_reasons"].items() if reasons},
     }
     problems = {key: value for key, value in problems.items() if value}
     if problems:
-        print("data problems (items kept, affected fields missing; details in the summary JSON):")
-        print(json.dumps(problems, ensure_ascii=False, indent=1)[:4000])
+        counts = {
+            key: sum(map(len, v.values())) if key == "corrupt_media" else len(v)
+            for key, v in problems.items()
+        }
+        print(f"data problems {counts} (items kept with the affected fields missing, except records that are")
+        print(f"not JSON objects; every id with its reason in {SUMMARY_FILE}):")
+        text = json.dumps(problems, ensure_ascii=False, indent=1)
+        print(text if len(text) <= 20_000 else text[:20_000] + f"\n... (the rest in {SUMMARY_FILE})")
     print("media files absent (missing modality, counted per row):", summary["missing_media_rows"])
 
 
@@ -421,6 +475,12 @@ def main() -> None:
     parser.add_argument("--num-shards", type=int, default=1, help="number of machines sharing the work")
     parser.add_argument("--row-group-size", type=int, default=100)
     parser.add_argument("--max-items-in-memory", type=int, default=1_000_000)
+    defaults = MediaReading()
+    parser.add_argument(
+        "--video-fps", type=float, default=defaults.video_fps, help="video frames training samples per second"
+    )
+    parser.add_argument("--max-video-frames", type=int, default=defaults.max_video_frames)
+    parser.add_argument("--max-audio-seconds", type=float, default=defaults.max_audio_seconds)
     args = parser.parse_args()
     convert(
         args.raw_dir,
@@ -431,6 +491,11 @@ def main() -> None:
         num_shards=args.num_shards,
         row_group_size=args.row_group_size,
         max_items_in_memory=args.max_items_in_memory,
+        reading=MediaReading(
+            video_fps=args.video_fps,
+            max_video_frames=args.max_video_frames,
+            max_audio_seconds=args.max_audio_seconds,
+        ),
     )
 
 

@@ -14,15 +14,21 @@ converter cannot drift apart::
 `label` holds the category *name* (an entry of labels.txt). `instance_id` names the product instance that
 several listings share (fine-grained retrieval); an item without one is its own instance. Any annotation field
 and any media file may be missing.
+
+Nothing here trusts the data: a record is checked against that schema field by field (`validate_record`),
+bytes that are not UTF-8 become U+FFFD and are reported, a media file counts as readable only when the
+processor's own decoding functions read what training will read of it (`MediaReading`), and a damaged
+annotation file is reported with its name, line and column.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 ANNOTATION_FILE = "annotations.json"
 LABELS_FILE = "labels.txt"
@@ -76,32 +82,51 @@ def parse_pv(pv: str | None) -> tuple[list[dict[str, str]], list[str]]:
 
 
 def read_labels(raw_dir: str) -> list[str]:
-    with open(os.path.join(raw_dir, LABELS_FILE), encoding="utf-8") as handle:
-        return [line.rstrip("\n") for line in handle if line.strip()]
+    # a BOM is accepted; a byte that is not UTF-8 becomes U+FFFD (that label then matches no record)
+    with open(os.path.join(raw_dir, LABELS_FILE), encoding="utf-8-sig", errors="replace") as handle:
+        return [line.rstrip("\r\n") for line in handle if line.strip()]
 
 
 def read_split_ids(raw_dir: str, config: str, split: str) -> list[str]:
-    with open(os.path.join(raw_dir, SPLIT_FILES[config, split]), encoding="utf-8") as handle:
+    # an id with bytes that are not UTF-8 becomes one that matches no record and is reported as unknown
+    with open(
+        os.path.join(raw_dir, SPLIT_FILES[config, split]), encoding="utf-8-sig", errors="replace"
+    ) as handle:
         return [line.strip() for line in handle if line.strip()]
 
 
-def iter_annotations(path: str, chunk_chars: int = 1 << 20) -> Iterator[tuple[str, dict]]:
+class AnnotationFileError(ValueError):
+    """The annotation file is not one JSON object of records: the message names the file, line and column."""
+
+
+def iter_annotations(path: str, chunk_chars: int = 1 << 20) -> Iterator[tuple[str, Any]]:
     """Stream `(item_id, record)` pairs out of one JSON object without loading the whole file.
 
     The real annotation file holds 6.3 M records (several GB); `json.load` would need many times that in
-    memory. This reads fixed-size chunks and decodes one key and one value at a time.
+    memory. This reads fixed-size chunks and decodes one key and one value at a time. A UTF-8 BOM is skipped;
+    bytes that are not UTF-8 are kept as lone surrogates (`surrogateescape`) so that `validate_record` can
+    replace and report them per item. Records are yielded as they are: check them with `validate_record`.
+
+    Raises:
+        AnnotationFileError: the file is cut short or malformed; the message gives the file's line and column.
     """
     decoder = json.JSONDecoder()
-    with open(path, encoding="utf-8") as handle:
-        buffer, position, eof = "", 0, False
+    with open(path, encoding="utf-8-sig", errors="surrogateescape") as handle:
+        buffer, position, eof, lines_before = "", 0, False, 0
 
         def fill(min_chars: int = 1) -> None:
-            nonlocal buffer, position, eof
+            nonlocal buffer, position, eof, lines_before
             while not eof and len(buffer) - position < min_chars:
                 chunk = handle.read(chunk_chars)
                 eof = not chunk
+                lines_before += buffer.count("\n", 0, position)
                 buffer = buffer[position:] + chunk
                 position = 0
+
+        def error(message: str, at: int) -> AnnotationFileError:
+            line = lines_before + buffer.count("\n", 0, at) + 1
+            column = at - buffer.rfind("\n", 0, at)
+            return AnnotationFileError(f"{path}: line {line} column {column}: {message}")
 
         def skip_whitespace() -> str:
             nonlocal position
@@ -117,9 +142,14 @@ def iter_annotations(path: str, chunk_chars: int = 1 << 20) -> Iterator[tuple[st
             while True:
                 try:
                     value, end = decoder.raw_decode(buffer, position)
-                except json.JSONDecodeError:
+                except json.JSONDecodeError as problem:
                     if eof:
-                        raise
+                        cut = (
+                            " (the file ends inside this value: cut short?)"
+                            if problem.pos >= len(buffer) - 1
+                            else ""
+                        )
+                        raise error(problem.msg + cut, problem.pos) from problem
                     fill(len(buffer) - position + chunk_chars)
                     continue
                 # a number at the very end of the buffer may continue in the next chunk
@@ -130,57 +160,127 @@ def iter_annotations(path: str, chunk_chars: int = 1 << 20) -> Iterator[tuple[st
                 return value
 
         if skip_whitespace() != "{":
-            raise ValueError(f"{path}: the annotation file must hold one JSON object keyed by item id")
+            raise error("the annotation file must hold one JSON object keyed by item id", position)
         position += 1
         if skip_whitespace() == "}":
             return
         while True:
+            if skip_whitespace() != '"':
+                raise error("expected an item id (a JSON string)", position)
             key = decode_value()
             if skip_whitespace() != ":":
-                raise ValueError(f"{path}: expected ':' after key {key!r}")
+                raise error(f"expected ':' after key {key!r}", position)
             position += 1
             skip_whitespace()
-            yield str(key), decode_value()
+            yield key, decode_value()
             token = skip_whitespace()
-            position += 1
             if token == "}":
                 return
             if token != ",":
-                raise ValueError(f"{path}: expected ',' or '}}' after the record of {key!r}")
-            skip_whitespace()
+                message = f"expected ',' or '}}' after the record of {key!r}"
+                raise error(message + (" (the file ends here: cut short?)" if not token else ""), position)
+            position += 1
 
 
-def load_annotations(raw_dir: str, wanted_ids: set[str] | None = None) -> dict[str, dict]:
-    """The annotation records of `wanted_ids` (all when None), streamed so only those are kept in memory."""
+def load_annotations(raw_dir: str, wanted_ids: set[str] | None = None) -> dict[str, Any]:
+    """The annotation records of `wanted_ids` (all when None), as stored (checked later, per item, by
+    `build_example`), streamed so that only those are kept in memory."""
     records = {}
     for item_id, record in iter_annotations(os.path.join(raw_dir, ANNOTATION_FILE)):
         if wanted_ids is None or item_id in wanted_ids:
-            records[item_id] = record if isinstance(record, dict) else {}
+            records[item_id] = record
     return records
+
+
+RECORD_FIELDS = ("title", "pv", "label", "instance_id")
+"""The annotation fields; each holds a string (or is absent / null)."""
+
+_NOT_UTF8 = re.compile("[\ud800-\udfff]")
+"""Lone surrogates: what `surrogateescape` makes of bytes that are not UTF-8 (or a JSON escape of one)."""
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
+    return names.get(type(value), "number")
+
+
+def replace_non_utf8(text: str) -> tuple[str, bool]:
+    """`text` with every byte that was not UTF-8 replaced by U+FFFD, and whether there was any."""
+    cleaned, count = _NOT_UTF8.subn("\ufffd", text)
+    return cleaned, count > 0
+
+
+def validate_record(record: Any) -> tuple[dict[str, str] | None, list[str]]:
+    """
+    The fields of one annotation record that fit the schema, and a reason for each that did not.
+
+    Each of `RECORD_FIELDS` must be a string: a number is kept as its text (and reported), anything else
+    (a list, an object, a boolean) is left out; bytes that are not UTF-8 are replaced by U+FFFD. A record that
+    is not a JSON object has nothing to keep: None.
+    """
+    if not isinstance(record, dict):
+        return None, [f"the record is a JSON {_json_type(record)}, not an object: item skipped"]
+    clean, problems = {}, []
+    for name in RECORD_FIELDS:
+        value = record.get(name)
+        if value is None:
+            continue
+        kind = _json_type(value)
+        if kind not in ("string", "number"):
+            problems.append(f"{name} is a JSON {kind}, not a string: left out")
+            continue
+        if kind == "number":
+            value = str(value)
+            problems.append(f"{name} is a JSON number, not a string: kept as {value!r}")
+        value, replaced = replace_non_utf8(value)
+        if replaced:
+            problems.append(f"{name} holds bytes that are not UTF-8: replaced by U+FFFD")
+        clean[name] = value
+    return clean, problems
 
 
 @dataclass
 class ItemIssues:
-    """What was wrong with one item; the item itself is kept with the affected field missing."""
+    """What was wrong with one item; the item itself is kept with the affected field missing, unless
+    `skipped` (its record held nothing usable)."""
 
     missing_media: list[str] = field(default_factory=list)
-    corrupt_media: list[str] = field(default_factory=list)
+    corrupt_media: dict[str, str] = field(default_factory=dict)
+    """modality -> why its file is unusable"""
     malformed_pv: list[str] = field(default_factory=list)
     unknown_label: str | None = None
+    record_problems: list[str] = field(default_factory=list)
+    skipped: bool = False
 
 
-def _check_image(data: bytes) -> None:
-    from PIL import Image
+@dataclass(frozen=True)
+class MediaReading:
+    """What training reads of each media file; the conversion check decodes exactly that.
 
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()
+    The defaults are the processor's (`ScaleVideoProcessor`, `ScaleFeatureExtractor`), which are the paper's;
+    pass a preset's settings when it reads more (e.g. the sample preset's 2 frames per second).
+    """
+
+    video_fps: float = 1.0
+    max_video_frames: int = 12
+    audio_sampling_rate: int = 16000
+    max_audio_seconds: float = 12.0
 
 
-def _check_video(data: bytes) -> None:
+def _check_image(data: bytes, reading: MediaReading) -> None:
+    from modeling_scale.media_decoding_scale import load_image
+
+    load_image(data)
+
+
+def _check_video(data: bytes, reading: MediaReading) -> None:
     from torchcodec.decoders import VideoDecoder
 
-    # exact seek mode scans every packet: a file cut short has fewer frames than its index (moov) promises
-    # when the index is at the front, and does not open at all when the index was at the end
+    from modeling_scale.media_decoding_scale import load_video_frames
+
+    # the decoder `datasets`' Video feature hands to training (exact seek mode). Exact mode scans every
+    # packet: a file cut short has fewer frames than its index (moov) promises when the index is at the front,
+    # and does not open at all when the index was at the end
     decoder = VideoDecoder(data, seek_mode="exact")
     metadata = decoder.metadata
     if not metadata.num_frames:
@@ -188,39 +288,45 @@ def _check_video(data: bytes) -> None:
     promised, present = metadata.num_frames_from_header, metadata.num_frames_from_content
     if promised and present < promised:
         raise ValueError(f"truncated: {present} of {promised} frames present")
-    decoder[0]
+    load_video_frames(decoder, fps=reading.video_fps, max_frames=reading.max_video_frames)
 
 
-def _check_audio(data: bytes) -> None:
+def _check_audio(data: bytes, reading: MediaReading) -> None:
     from torchcodec.decoders import AudioDecoder
 
-    samples = AudioDecoder(data).get_all_samples()
-    if samples.data.numel() == 0:
-        raise ValueError("no audio samples")
+    from modeling_scale.media_decoding_scale import load_audio
+
+    # the decoder `datasets`' Audio feature hands to training, read by the processor's function
+    load_audio(AudioDecoder(data), reading.audio_sampling_rate, reading.max_audio_seconds)
 
 
 MEDIA_CHECKS = {"image": _check_image, "video": _check_video, "audio": _check_audio}
 
 
-def read_media(raw_dir: str, modality: str, item_id: str, issues: ItemIssues) -> dict | None:
+def read_media(
+    raw_dir: str, modality: str, item_id: str, issues: ItemIssues, reading: MediaReading = MediaReading()
+) -> dict | None:
     """The media file as `{"bytes", "path"}` (what the Image/Video/Audio features embed), or None.
 
-    The file is decoded once here so that a corrupt file becomes a missing modality at conversion time,
-    not an exception in somebody's training loop.
+    The file is decoded here with the processor's own functions, as far as training reads it (the sampled
+    frames, the audio window), so that a file that passes conversion does not fail in training: a corrupt
+    file becomes a missing modality now, with its reason, not an exception in somebody's training loop.
     """
+    from modeling_scale.media_decoding_scale import first_line
+
     path = media_path(raw_dir, modality, item_id)
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
         return None
-    except OSError:
-        issues.corrupt_media.append(modality)
+    except OSError as error:
+        issues.corrupt_media[modality] = f"cannot read the file: {first_line(error)}"
         return None
     try:
-        MEDIA_CHECKS[modality](data)
-    except Exception:  # noqa: BLE001 - any decoder failure means the same thing: unusable file
-        issues.corrupt_media.append(modality)
+        MEDIA_CHECKS[modality](data, reading)
+    except Exception as error:  # noqa: BLE001 - any decoder failure means the same thing: unusable file
+        issues.corrupt_media[modality] = first_line(error)
         return None
     return {"bytes": data, "path": os.path.basename(path)}
 
@@ -228,29 +334,39 @@ def read_media(raw_dir: str, modality: str, item_id: str, issues: ItemIssues) ->
 def build_example(
     raw_dir: str,
     item_id: str,
-    record: dict,
+    record: Any,
     label_ids: dict[str, int],
-) -> tuple[dict, ItemIssues]:
+    reading: MediaReading = MediaReading(),
+) -> tuple[dict | None, ItemIssues]:
     """One example in the converted schema plus what was wrong with it (nothing valid is dropped).
 
+    The record is checked field by field (`validate_record`); the example is None when the record is not a
+    JSON object or the item id is not UTF-8 (`issues.skipped`, with the reason in `record_problems`).
     An absent media file is a missing modality, which is normal in M5Product (most items have no video), so
-    it is only counted; a file that exists but does not decode is reported with the item id.
+    it is only counted; a file that exists but does not decode is reported with the item id and the reason.
     """
     issues = ItemIssues()
+    record, issues.record_problems = validate_record(record)
+    if _NOT_UTF8.search(item_id):
+        issues.record_problems.append("the item id holds bytes that are not UTF-8: item skipped")
+        record = None
+    if record is None:
+        issues.skipped = True
+        return None, issues
     table, issues.malformed_pv = parse_pv(record.get("pv"))
     label_name = record.get("label")
     label = label_ids.get(label_name, UNKNOWN_LABEL) if label_name is not None else UNKNOWN_LABEL
     if label_name is not None and label == UNKNOWN_LABEL:
-        issues.unknown_label = str(label_name)
+        issues.unknown_label = label_name
     example = {
         "item_id": item_id,
         "caption": record.get("title") or None,
         "table": table,
         "label": label,
-        "instance_id": str(record.get("instance_id") or item_id),
+        "instance_id": record.get("instance_id") or item_id,
     }
     for modality in MEDIA:
-        example[modality] = read_media(raw_dir, modality, item_id, issues)
+        example[modality] = read_media(raw_dir, modality, item_id, issues, reading)
         if example[modality] is None and modality not in issues.corrupt_media:
             issues.missing_media.append(modality)
     return example, issues

@@ -127,7 +127,7 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
             pad_mode="reflect",
             return_complex=True,
         )
-        power = (stft.abs() ** 2).double().contiguous()
+        power = (stft.abs().double() ** 2).contiguous()  # squared in float64: a loud clip must not overflow
         mel = torch.clamp(torch.from_numpy(self.mel_filters).T @ power, min=1e-10)
         if self.feature_type == "log_mel":
             return mel.log().numpy()

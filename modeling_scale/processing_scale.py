@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 from transformers import AutoTokenizer
 from transformers.feature_extraction_utils import BatchFeature
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import ProcessorMixin, Unpack
 
 from .configuration_scale import MODALITIES
 from .feature_extraction_scale import ScaleFeatureExtractor
 from .image_processing_scale import ScaleImageProcessor
-from .media_decoding_scale import describe_source, load_audio, load_image
+from .media_decoding_scale import describe_source, load_audio
+from .processing_kwargs_scale import Padding, ScaleProcessorKwargs
 from .table_processing_scale import ScaleTableProcessor, parse_table
 from .video_processing_scale import ScaleVideoProcessor
 
@@ -30,7 +31,24 @@ TABLE_FIELDS = ("table_input_ids", "table_attention_mask", "table_entity_ids")
 
 
 class ScaleProcessingError(ValueError):
-    """One input of a batch could not be processed; the message names the sample, the modality, the source."""
+    """One input of a batch could not be processed; the message names the sample, the modality, the source.
+
+    `sample` (index in the batch), `modality` and `reason` hold the same facts for programs (the training
+    collator turns `sample` into an item id).
+    """
+
+    def __init__(
+        self, message: str, sample: int | None = None, modality: str | None = None, reason: str = ""
+    ):
+        super().__init__(message)
+        self.sample = sample
+        self.modality = modality
+        self.reason = reason or message
+
+
+def has_printable_character(text: str) -> bool:
+    """False for a caption of only spaces, control, format (zero-width) or unassigned characters."""
+    return any(character.isprintable() and not character.isspace() for character in text)
 
 
 class ScaleProcessor(ProcessorMixin):
@@ -51,8 +69,16 @@ class ScaleProcessor(ProcessorMixin):
         max_video_frames: frames kept from the start of each video (12 in the paper).
         on_error: `"raise"` (default) stops at an unreadable input with an error naming the sample, modality
             and file; `"missing"` logs a warning, marks that modality missing for that sample and counts it in
-            `decode_error_counts`, so that one corrupt file does not stop a long preprocessing run.
+            `decode_error_counts`, so that one corrupt file does not stop a long preprocessing run. Unreadable
+            means: the file does not decode, an array is empty, has no image layout or values outside its
+            range (NaN, inf), or the image / audio routine fails or gives non-finite values for it.
     """
+
+    valid_processor_kwargs = ScaleProcessorKwargs
+    # defaults of `_merge_kwargs`, overridden by the call's keywords (return_tensors: None, as transformers')
+    text_kwargs = {"padding": "longest", "truncation": True}
+    videos_kwargs = {"padding": "longest"}
+    audio_kwargs = {"padding": "longest"}
 
     def __init__(
         self,
@@ -120,12 +146,29 @@ class ScaleProcessor(ProcessorMixin):
         ]
 
     # ------------------------------------------------------------------------------------------- helpers
+    def _fail(
+        self,
+        failure: ScaleProcessingError,
+        on_error: str,
+        failures: list[ScaleProcessingError] | None,
+        cause: Exception | None = None,
+    ) -> None:
+        """Raise `failure` (on_error="raise"), or count it and log it / append it to `failures`."""
+        if on_error == "raise":
+            raise failure from cause
+        self.decode_error_counts[failure.modality] += 1
+        if failures is not None:
+            failures.append(failure)
+        else:
+            logger.warning("%s; the sample's %s is treated as missing", failure, failure.modality)
+
     def _decode_all(
         self,
         modality: str,
         items: list[Any],
         loader: Callable[[Any], Any],
         on_error: str,
+        failures: list[ScaleProcessingError] | None,
         describe: Callable[[Any], str] = describe_source,
     ) -> list[Any]:
         """`loader` applied to every non-None item; failures raise or become None according to `on_error`."""
@@ -138,12 +181,57 @@ class ScaleProcessor(ProcessorMixin):
                 decoded.append(loader(item))
             except Exception as error:
                 message = f"sample {index}: cannot process the {modality} ({describe(item)}): {error}"
-                if on_error == "raise":
-                    raise ScaleProcessingError(message) from error
-                logger.warning("%s; the sample's %s is treated as missing", message, modality)
-                self.decode_error_counts[modality] += 1
+                self._fail(
+                    ScaleProcessingError(message, index, modality, str(error)), on_error, failures, error
+                )
                 decoded.append(None)
         return decoded
+
+    def _transform(
+        self,
+        modality: str,
+        items: list[Any],
+        transform: Callable[[list[Any]], BatchFeature],
+        on_error: str,
+        failures: list[ScaleProcessingError] | None,
+    ) -> dict[str, np.ndarray] | None:
+        """
+        `transform` (a batched image / frame / audio routine) on the non-None `items`, scattered into
+        full-batch arrays; None when no item is left. An item the routine fails on, or whose output is not
+        finite, is handled like an undecodable one and set to None in `items`. Only when the batched call
+        fails is each item run alone, to find which one it was.
+        """
+        present = [index for index, item in enumerate(items) if item is not None]
+        try:
+            output = transform([items[index] for index in present]) if present else None
+        except Exception:
+            output = None
+            for index in present:
+                try:
+                    transform([items[index]])
+                except Exception as error:
+                    message = (
+                        f"sample {index}: cannot process the {modality}: {type(error).__name__}: {error}"
+                    )
+                    self._fail(
+                        ScaleProcessingError(message, index, modality, str(error)), on_error, failures, error
+                    )
+                    items[index] = None
+            present = [index for index, item in enumerate(items) if item is not None]
+            if present:
+                output = transform([items[index] for index in present])
+        if output is None:
+            return None
+        finite = np.ones(len(present), dtype=bool)
+        for value in output.values():
+            if value.dtype.kind == "f":
+                finite &= np.isfinite(value.reshape(len(present), -1)).all(axis=1)
+        for row in np.flatnonzero(~finite):
+            message = f"sample {present[row]}: the {modality} gives non-finite values (NaN or inf)"
+            reason = "non-finite values (NaN or inf) after processing"
+            self._fail(ScaleProcessingError(message, present[row], modality, reason), on_error, failures)
+            items[present[row]] = None
+        return self._scatter(output, [item is not None for item in items], present)
 
     def _pad_token_rows(
         self, rows: list[dict[str, list[int]] | None], keys: dict[str, int], max_length: int, padding: str
@@ -158,28 +246,45 @@ class ScaleProcessor(ProcessorMixin):
                     output[key][index, : len(row[key])] = row[key]
         return output
 
-    def _text(self, texts: list[str | None], padding: str) -> dict[str, np.ndarray]:
+    def _text(
+        self, texts: list[str | None], padding: str, max_length: int, truncation: bool
+    ) -> dict[str, np.ndarray]:
         present = [index for index, text in enumerate(texts) if text is not None]
         encoded = self.tokenizer(
             [texts[index] for index in present],
-            max_length=self.max_text_length,
-            truncation=True,
+            max_length=max_length if truncation else None,
+            truncation=truncation,
             padding=False,
         )
         rows: list[dict | None] = [None] * len(texts)
         for position, index in enumerate(present):
-            rows[index] = {
-                "input_ids": encoded["input_ids"][position],
-                "attention_mask": [1] * len(encoded["input_ids"][position]),
-            }
+            ids = encoded["input_ids"][position]
+            if len(ids) > max_length:
+                raise ScaleProcessingError(
+                    f"sample {index}: the text has {len(ids)} tokens, more than max_length={max_length} "
+                    "(truncation=False)"
+                )
+            rows[index] = {"input_ids": ids, "attention_mask": [1] * len(ids)}
         return self._pad_token_rows(
-            rows,
-            {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0},
-            self.max_text_length,
-            padding,
+            rows, {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0}, max_length, padding
         )
 
-    def _tables(self, tables: list[Any], on_error: str) -> list[dict[str, list[int]] | None]:
+    def _texts(
+        self, captions: list[Any], on_error: str, failures: list[ScaleProcessingError] | None
+    ) -> list[str | None]:
+        """Captions with at least one printable character; others are missing, a non-string is an error."""
+        texts = []
+        for index, caption in enumerate(captions):
+            if caption is not None and not isinstance(caption, str):
+                message = f"sample {index}: the text must be a string, got {type(caption).__name__}"
+                self._fail(ScaleProcessingError(message, index, "text", message), on_error, failures)
+                caption = None
+            texts.append(caption if caption is not None and has_printable_character(caption) else None)
+        return texts
+
+    def _tables(
+        self, tables: list[Any], on_error: str, failures: list[ScaleProcessingError] | None
+    ) -> list[dict[str, list[int]] | None]:
         # the converted dataset stores a missing table as an empty list
         tables = [None if isinstance(table, (list, tuple)) and not table else table for table in tables]
         return self._decode_all(
@@ -187,23 +292,19 @@ class ScaleProcessor(ProcessorMixin):
             tables,
             lambda table: self.table_processor([parse_table(table)])[0],
             on_error,
+            failures,
             describe=reprlib.repr,
         )
 
-    def _images(self, images: list[Any]) -> np.ndarray:
-        present = [image for image in images if image is not None]
-        pixels = self.image_processor(present, return_tensors="np")["pixel_values"]
-        batch = np.zeros((len(images), *pixels.shape[1:]), dtype=pixels.dtype)
-        batch[[index for index, image in enumerate(images) if image is not None]] = pixels
-        return batch
-
-    def _scatter(self, present: BatchFeature, mask: list[bool]) -> dict[str, np.ndarray]:
-        """Rows of `present` (one per sample having the modality) placed in zero-filled full-batch arrays."""
-        rows = [index for index, has in enumerate(mask) if has]
+    def _scatter(self, present: BatchFeature, mask: list[bool], rows_of: list[int]) -> dict[str, np.ndarray]:
+        """Rows of `present` (row k is sample `rows_of[k]`) placed in zero-filled full-batch arrays, keeping
+        only the samples that `mask` still marks present."""
+        keep = [row for row, index in enumerate(rows_of) if mask[index]]
+        rows = [rows_of[row] for row in keep]
         output = {}
         for key, value in present.items():
             full = np.zeros((len(mask), *value.shape[1:]), dtype=value.dtype)
-            full[rows] = value
+            full[rows] = value[keep]
             output[key] = full
         return output
 
@@ -239,41 +340,54 @@ class ScaleProcessor(ProcessorMixin):
         images: list[Any] | None = None,
         videos: list[Any] | None = None,
         audio: list[Any] | None = None,
-        return_tensors: str | None = "pt",
-        padding: str = "longest",
-        on_error: str | None = None,
-        return_modalities: Sequence[str] = (),
-        **kwargs,
+        failures: list[ScaleProcessingError] | None = None,
+        **kwargs: Unpack[ScaleProcessorKwargs],
     ) -> BatchFeature:
         r"""
         Model inputs for a batch of products. Every argument is a list with one entry per sample (`None` where
         the sample lacks that modality) or `None` when no sample has it; `text` may be a single string.
 
         Args:
-            text: captions; a blank one counts as missing.
+            text: captions; one without a printable character (blank, control or zero-width only) is missing.
             tables: (key, value) pairs, `{"key", "value"}` dicts or `"prop#:#value#;#..."` strings; an empty
                 list means missing (the converted dataset's convention), a table without text is an error.
             images: PIL images, arrays (H, W, C or C, H, W), paths or encoded bytes.
             videos: paths, bytes, torchcodec `VideoDecoder`s, or decoded frames (T, H, W, C or T, C, H, W).
             audio: paths, bytes, torchcodec `AudioDecoder`s, `(array, sampling_rate)` tuples,
                 `{"array", "sampling_rate"}` dicts, or bare 1-D arrays at the feature extractor's rate.
-            return_tensors: `"pt"` (default), `"np"` or `None` (NumPy arrays).
-            padding: `"longest"` in the batch, or `"max_length"` (the processor's maximum lengths).
+            return_tensors: `"pt"`, `"np"` or `None` (the default, as transformers' processors: NumPy arrays).
+            padding: `"longest"` (or True, the default) in the batch, or `"max_length"` (the processor's
+                maximum lengths); per modality with `text_kwargs` (captions, tables), `videos_kwargs`,
+                `audio_kwargs`.
+            truncation, max_length: captions are cut to `max_length` tokens (default: `max_text_length`);
+                with `truncation=False` a longer caption is an error.
+            images_kwargs (or flat image-processor settings such as `size=`): passed to the image processor.
             on_error: overrides the processor's `on_error` for this call.
             return_modalities: modalities whose key group is emitted even when no sample has them (all
                 padding, masks 0), so that every `datasets.map` batch writes the same columns.
+            failures: under `on_error="missing"`, a list that receives one [`ScaleProcessingError`] per input
+                marked missing (with `sample`, `modality`, `reason`) instead of a logged warning, so that the
+                caller can name the item and count it.
 
         Returns:
             [`BatchFeature`] with the key groups of the modalities at least one sample has (plus those in
             `return_modalities`), and `modality_mask` (B, 5) in the order text, table, image, video, audio.
         """
-        if kwargs:
-            raise TypeError(f"unexpected arguments {sorted(kwargs)}")
-        on_error = self.on_error if on_error is None else on_error
+        options = self._merge_kwargs(ScaleProcessorKwargs, **kwargs)
+        text_options = options["text_kwargs"]
+        return_tensors = text_options.get("return_tensors")
+        on_error = options.get("on_error") or self.on_error
+        return_modalities = options.get("return_modalities", ())
         if on_error not in ON_ERROR_MODES:
             raise ValueError(f"on_error must be one of {ON_ERROR_MODES}, got {on_error!r}")
-        if padding not in PADDING_MODES:
-            raise ValueError(f"padding must be one of {PADDING_MODES}, got {padding!r}")
+        padding = {
+            "text": _padding_mode(text_options["padding"], "text_kwargs"),
+            "table": _padding_mode(text_options["padding"], "text_kwargs"),
+            "image": "longest",
+            "video": _padding_mode(options["videos_kwargs"]["padding"], "videos_kwargs"),
+            "audio": _padding_mode(options["audio_kwargs"]["padding"], "audio_kwargs"),
+        }
+        max_text_length = text_options.get("max_length") or self.max_text_length
         unknown = set(return_modalities) - set(MODALITIES)
         if unknown:
             raise ValueError(f"return_modalities must be among {MODALITIES}, got {sorted(unknown)}")
@@ -304,22 +418,49 @@ class ScaleProcessor(ProcessorMixin):
         }
 
         data: dict[str, np.ndarray] = {}
-        for index, caption in enumerate(inputs["text"]):
-            if caption is not None and not isinstance(caption, str):
-                raise ScaleProcessingError(
-                    f"sample {index}: the text must be a string, got {type(caption).__name__}"
-                )
-        texts = [caption if caption is not None and caption.strip() else None for caption in inputs["text"]]
-        table_rows = self._tables(inputs["table"], on_error)
-        decoded_images = self._decode_all("image", inputs["image"], load_image, on_error)
-        decoded_videos = self._decode_all("video", inputs["video"], self.video_frame_processor.load, on_error)
+        texts = self._texts(inputs["text"], on_error, failures)
+        table_rows = self._tables(inputs["table"], on_error, failures)
+        decoded_images = self._decode_all(
+            "image", inputs["image"], self.image_processor.load, on_error, failures
+        )
+        decoded_videos = self._decode_all(
+            "video", inputs["video"], self.video_frame_processor.load, on_error, failures
+        )
         sampling_rate = self.feature_extractor.sampling_rate
         decoded_audio = self._decode_all(
             "audio",
             inputs["audio"],
             lambda item: load_audio(item, sampling_rate, self.feature_extractor.max_duration),
             on_error,
+            failures,
         )
+        media = {
+            "image": self._transform(
+                "image",
+                decoded_images,
+                lambda images: self.image_processor(
+                    images, **{**options["images_kwargs"], "return_tensors": "np"}
+                ),
+                on_error,
+                failures,
+            ),
+            "video": self._transform(
+                "video",
+                decoded_videos,
+                lambda videos: self.video_frame_processor(videos, padding=padding["video"]),
+                on_error,
+                failures,
+            ),
+            "audio": self._transform(
+                "audio",
+                decoded_audio,
+                lambda clips: self.feature_extractor(
+                    clips, sampling_rate=sampling_rate, padding=padding["audio"]
+                ),
+                on_error,
+                failures,
+            ),
+        }
         present = {
             "text": [value is not None for value in texts],
             "table": [value is not None for value in table_rows],
@@ -329,9 +470,9 @@ class ScaleProcessor(ProcessorMixin):
         }
         empty = [modality for modality in return_modalities if not any(present[modality])]
         for modality in empty:
-            data.update(self._empty_group(modality, batch_size, padding))
+            data.update(self._empty_group(modality, batch_size, padding[modality]))
         if any(present["text"]):
-            data.update(self._text(texts, padding))
+            data.update(self._text(texts, padding["text"], max_text_length, text_options["truncation"]))
         if any(present["table"]):
             data.update(
                 self._pad_token_rows(
@@ -342,23 +483,23 @@ class ScaleProcessor(ProcessorMixin):
                         "table_entity_ids": 0,
                     },
                     self.max_table_length,
-                    padding,
+                    padding["table"],
                 )
             )
-        if any(present["image"]):
-            data["pixel_values"] = self._images(decoded_images)
-        if any(present["video"]):
-            videos_out = self.video_frame_processor(
-                [v for v in decoded_videos if v is not None], padding=padding
-            )
-            data.update(self._scatter(videos_out, present["video"]))
-        if any(present["audio"]):
-            audio_out = self.feature_extractor(
-                [a for a in decoded_audio if a is not None], sampling_rate=sampling_rate, padding=padding
-            )
-            data.update(self._scatter(audio_out, present["audio"]))
+        for modality, arrays in media.items():
+            if any(present[modality]):
+                data.update(arrays)
         data["modality_mask"] = np.array([present[m] for m in MODALITIES], dtype=np.int64).T
         return BatchFeature(data, tensor_type=return_tensors)
+
+
+def _padding_mode(padding: Padding, group: str) -> str:
+    """transformers' padding values -> ours: every modality is returned as one rectangular array, so it is
+    padded to the batch's longest (True, "longest") or to the processor's maximum ("max_length")."""
+    mode = "longest" if padding is True else padding
+    if mode not in PADDING_MODES:
+        raise ValueError(f"{group} padding must be True, 'longest' or 'max_length', got {padding!r}")
+    return mode
 
 
 ScaleProcessor.register_for_auto_class("AutoProcessor")

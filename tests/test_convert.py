@@ -131,7 +131,7 @@ def test_rerun_skips_complete_shards_and_redoes_only_a_damaged_one(tiny_raw, con
     open(os.path.join(out_dir, damaged) + ".tmp-123", "wb").close()  # an interrupted writer's leftover
     repaired = convert(tiny_raw, out_dir, num_proc=1, items_per_shard=ITEMS_PER_SHARD)
     assert repaired["rows_written_this_run"] == ITEMS_PER_SHARD
-    assert _shard_files(out_dir) == sorted([*files, damaged + ".tmp-123"])
+    assert _shard_files(out_dir) == files  # the leftover is gone: a folder upload would publish it
     changed = [name for name in files if os.path.getmtime(os.path.join(out_dir, name)) != mtimes[name]]
     assert changed == [damaged]
 
@@ -240,3 +240,27 @@ def test_bad_data_is_reported_and_nothing_valid_is_dropped(broken, tmp_path, cap
     assert summary["splits"]["pretrain/train"]["num_rows"] == len(bad["valid_ids"])
     # a missing split file costs that split only
     assert list(_load(out_dir, "classification", tmp_path)) == ["train"]
+
+
+def test_rerun_after_a_changed_split_file_rewrites_the_shards_whose_ids_changed(tiny_raw, converted, tmp_path):
+    """Two ids trade places across shards 0 and 1 of a split: same row counts, other ids. Those two shards
+    must be rewritten (the manifest's ids digest no longer matches), the others kept."""
+    raw_dir, out_dir = str(tmp_path / "raw"), str(tmp_path / "out")
+    shutil.copytree(tiny_raw, raw_dir, copy_function=os.link)  # hard links: the shared fixture stays intact
+    shutil.copytree(converted[0], out_dir)
+    split_file = os.path.join(raw_dir, SPLIT_FILES["pretrain", "train"])
+    ids = _split_ids(raw_dir, "pretrain", "train")
+    assert len(ids) > 2 * ITEMS_PER_SHARD
+    ids[0], ids[ITEMS_PER_SHARD] = ids[ITEMS_PER_SHARD], ids[0]
+    os.remove(split_file)  # a new file, not a write through the hard link
+    with open(split_file, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(ids) + "\n")
+
+    files = _shard_files(out_dir)
+    mtimes = {name: os.path.getmtime(os.path.join(out_dir, name)) for name in files}
+    rerun = convert(raw_dir, out_dir, num_proc=1, items_per_shard=ITEMS_PER_SHARD)
+    assert rerun["complete"] and rerun["rows_written_this_run"] == 2 * ITEMS_PER_SHARD
+    changed = [name for name in files if os.path.getmtime(os.path.join(out_dir, name)) != mtimes[name]]
+    assert [name.split("/")[-1][:17] for name in changed] == ["train-00000-of-00", "train-00001-of-00"]
+    assert all("/pretrain/" in f"/{name}" for name in changed)
+    assert _load(out_dir, "pretrain", tmp_path, split="train")["item_id"] == ids

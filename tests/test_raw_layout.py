@@ -65,8 +65,8 @@ def test_a_truncated_video_is_corrupt_wherever_its_index_is(tmp_path, index_at_f
     (tmp_path / "videos" / "2.mp4").write_bytes(data[: len(data) * 3 // 4])
     issues = ItemIssues()
     assert read_media(str(tmp_path), "video", "1", issues)["bytes"] == data
-    assert issues.corrupt_media == []
+    assert issues.corrupt_media == {}
     assert read_media(str(tmp_path), "video", "2", issues) is None
-    assert issues.corrupt_media == ["video"]
+    assert list(issues.corrupt_media) == ["video"]
     assert read_media(str(tmp_path), "video", "3", issues) is None  # absent: missing, not corrupt
-    assert issues.corrupt_media == ["video"]
+    assert list(issues.corrupt_media) == ["video"]
