@@ -41,6 +41,7 @@ def product_batch(processor, size=8, seed=0):
             maybe(i, rng.integers(1, 255, (1 + i % 6, 16, 16, 3), dtype=np.uint8), 2) for i in range(size)
         ],
         audio=[maybe(i, tone(0.2 + 0.1 * (i % 5), 16000) + 0.1, 3) for i in range(size)],
+        return_tensors="pt",
     )
 
 
@@ -233,7 +234,7 @@ def test_per_sample_lists_equal_the_batched_path(processor):
 
 
 def test_rows_without_a_modality_key_are_padding(processor):
-    with_text = processor(text=["red dress"])
+    with_text = processor(text=["red dress"], return_tensors="pt")
     rows = [
         {key: value[0] for key, value in with_text.items()},
         {"modality_mask": torch.zeros(5, dtype=torch.long)},

@@ -56,6 +56,7 @@ def test_full_batch_with_missing_modalities(processor, media):
         images=[media["jpeg"], PIL.Image.new("RGB", (20, 30)), None],
         videos=[None, media["mp4"], None],
         audio=[media["wav"], None, media["mp3"]],
+        return_tensors="pt",
     )
     assert out["modality_mask"].tolist() == [[1, 1, 1, 0, 1], [0, 0, 1, 1, 0], [1, 1, 0, 0, 1]]
     assert out["pixel_values"].shape == (3, 3, 32, 32) and out["pixel_values"][2].abs().sum() == 0
@@ -116,6 +117,7 @@ def test_video_and_audio_object_forms(processor, media):
             (tone(2.0, 22050), 22050),
             {"array": tone(2.0, 16000), "sampling_rate": 16000},
         ],
+        return_tensors="pt",
     )
     for row in range(1, 4):
         torch.testing.assert_close(out["video_pixel_values"][row], out["video_pixel_values"][0])
@@ -216,6 +218,7 @@ def test_on_error_missing_marks_and_counts(media, caplog):
             text=["a", "b"],
             images=[media["jpeg"], media["jpeg_corrupt"]],
             audio=[media["wav_corrupt"], None],
+            return_tensors="pt",
         )
     assert out["modality_mask"].tolist() == [[1, 0, 1, 0, 0], [1, 0, 0, 0, 0]]
     assert "audio_features" not in out and out["pixel_values"][1].abs().sum() == 0
@@ -304,3 +307,30 @@ def test_modality_mask_order_is_the_shared_one(processor):
     assert MODALITIES == ("text", "table", "image", "video", "audio")
     out = processor(text=[None], videos=[np.zeros((2, 8, 8, 3), np.uint8)])
     assert out["modality_mask"].tolist() == [[0, 0, 0, 1, 0]]
+
+
+def test_standard_keywords_through_merge_kwargs(processor, media):
+    caption = "a long red summer dress made of soft cotton with short sleeves"
+    default = processor(text=[caption])
+    assert isinstance(default["input_ids"], np.ndarray)  # return_tensors=None, as transformers' processors
+    assert isinstance(processor(text=[caption], return_tensors="pt")["input_ids"], torch.Tensor)
+    assert processor(text=[caption], max_length=6)["input_ids"].shape == (1, 6)
+    assert processor(text=[caption], text_kwargs={"max_length": 8})["input_ids"].shape == (1, 8)
+    padded = processor(text=["red"], padding="max_length", max_length=10)
+    assert padded["attention_mask"].tolist() == [[1, 1, 1] + [0] * 7]
+    assert processor(text=["red"], padding=True)["input_ids"].shape == (1, 3)
+    with pytest.raises(ScaleProcessingError, match="truncation=False"):
+        processor(text=[caption], truncation=False, max_length=6)
+    with pytest.raises(ValueError, match="padding"):
+        processor(text=["red"], padding="do_not_pad")
+    # per-modality groups: audio padded to the processor's maximum, text to the batch's longest
+    out = processor(text=["red"], audio=[(tone(0.5, 16000), 16000)], audio_kwargs={"padding": "max_length"})
+    assert out["input_ids"].shape == (1, 3)
+    assert out["audio_features"].shape[1] == processor.feature_extractor.max_frames
+    # image-processor settings pass through
+    assert processor(images=[media["jpeg"]], size={"height": 16, "width": 16})["pixel_values"].shape == (
+        1,
+        3,
+        16,
+        16,
+    )
