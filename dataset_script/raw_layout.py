@@ -323,6 +323,9 @@ def read_media(
     except OSError as error:
         issues.corrupt_media[modality] = f"cannot read the file: {first_line(error)}"
         return None
+    if not data:
+        issues.corrupt_media[modality] = "the file is empty (0 bytes)"
+        return None
     try:
         MEDIA_CHECKS[modality](data, reading)
     except Exception as error:  # noqa: BLE001 - any decoder failure means the same thing: unusable file

@@ -58,8 +58,12 @@ def _file_or_bytes(source: Any) -> str | bytes | None:
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise MediaDecodingError(f"no such file: {path!r}")
+        if os.path.getsize(path) == 0:
+            raise MediaDecodingError("the file is empty (0 bytes)")
         return path
     if isinstance(source, (bytes, bytearray)):
+        if not source:
+            raise MediaDecodingError("the file is empty (0 bytes)")
         return bytes(source)
     if isinstance(source, Mapping) and ("bytes" in source or "path" in source) and "array" not in source:
         if source.get("bytes") is not None:
@@ -182,6 +186,8 @@ def load_image(source: Any, min_size: tuple[int, int] | None = None) -> PIL.Imag
             image.load()
         else:
             image = _decode_reduced(image, min_size)
+    except PIL.UnidentifiedImageError as error:
+        raise MediaDecodingError("cannot decode image: not a known image format") from error
     except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as error:
         raise MediaDecodingError(f"cannot decode image: {first_line(error)}") from error
     return _pil_to_rgb(image)

@@ -7,7 +7,9 @@ attention, pooling, S and every loss, so its values never influence any output.
 
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -20,9 +22,11 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_scale import MODALITIES, ScaleConfig
-from .simcl import alignment_scores, simcl_contrastive_loss
+from .input_validation_scale import check_class_labels, check_model_inputs
+from .simcl import alignment_scores, pairwise_contrastive_loss, simcl_contrastive_loss
 
 MODEL_INPUT_NAMES = (
     "input_ids", "attention_mask",
@@ -106,7 +110,11 @@ class ScaleSelfAttention(nn.Module):
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = config.attention_probs_dropout_prob
 
-    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, hidden_states: torch.Tensor, token_mask: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(attention output, attention probabilities (B, heads, L, L) when `output_attentions`, else None).
+        Only the eager path computes the probabilities, so `output_attentions` runs this layer eagerly."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.query(hidden_states).view(hidden_shape).transpose(1, 2)
@@ -118,10 +126,12 @@ class ScaleSelfAttention(nn.Module):
         additive_mask = torch.zeros(token_mask.shape, dtype=query.dtype, device=query.device)
         additive_mask = additive_mask.masked_fill(~token_mask, torch.finfo(query.dtype).min)[:, None, None, :]
 
-        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
-            self.config._attn_implementation, eager_attention_forward
-        )
-        attn_output, _ = attention_interface(
+        attention_interface: Callable = eager_attention_forward
+        if not output_attentions:
+            attention_interface = ALL_ATTENTION_FUNCTIONS.get_interface(
+                self.config._attn_implementation, eager_attention_forward
+            )
+        attn_output, attn_weights = attention_interface(
             self,
             query,
             key,
@@ -130,7 +140,7 @@ class ScaleSelfAttention(nn.Module):
             dropout=self.dropout if self.training else 0.0,
             scaling=self.scaling,
         )
-        return attn_output.reshape(*input_shape, -1).contiguous()
+        return attn_output.reshape(*input_shape, -1).contiguous(), attn_weights if output_attentions else None
 
 
 class ScaleSelfOutput(nn.Module):
@@ -150,8 +160,11 @@ class ScaleAttention(nn.Module):
         self.self = ScaleSelfAttention(config)
         self.output = ScaleSelfOutput(config)
 
-    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        return self.output(self.self(hidden_states, token_mask), hidden_states)
+    def forward(
+        self, hidden_states: torch.Tensor, token_mask: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, attention_weights = self.self(hidden_states, token_mask, output_attentions)
+        return self.output(attention_output, hidden_states), attention_weights
 
 
 class ScaleIntermediate(nn.Module):
@@ -184,9 +197,11 @@ class ScaleLayer(GradientCheckpointingLayer):
         self.intermediate = ScaleIntermediate(config)
         self.output = ScaleOutput(config)
 
-    def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        attention_output = self.attention(hidden_states, token_mask)
-        return self.output(self.intermediate(attention_output), attention_output)
+    def forward(
+        self, hidden_states: torch.Tensor, token_mask: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attention_output, attention_weights = self.attention(hidden_states, token_mask, output_attentions)
+        return self.output(self.intermediate(attention_output), attention_output), attention_weights
 
 
 class ScaleEncoder(nn.Module):
@@ -195,10 +210,57 @@ class ScaleEncoder(nn.Module):
         self.layer = nn.ModuleList([ScaleLayer(config) for _ in range(num_layers)])
 
     def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        """`token_mask` (B, L) bool: the keys each token may attend to."""
+        """`token_mask` (B, L) bool: the keys each token may attend to. Inside `_recording_outputs`, the
+        encoder also leaves its per-layer hidden states and attention maps with the recorder."""
+        recorder = _OUTPUT_RECORDER.get()
+        output_attentions = recorder is not None and recorder.attentions
+        states, maps = [hidden_states], []
         for layer in self.layer:
-            hidden_states = layer(hidden_states, token_mask)
+            hidden_states, attention_weights = layer(hidden_states, token_mask, output_attentions)
+            if recorder is not None:
+                states.append(hidden_states)
+                maps.append(attention_weights)
+        if recorder is not None:
+            recorder.record(self, tuple(states), tuple(maps))
         return hidden_states
+
+
+class _OutputRecorder:
+    """Per-layer outputs of each `ScaleEncoder` that ran during one forward pass (its first run only: the
+    pretraining subset view runs the JCT a second time)."""
+
+    def __init__(self, hidden_states: bool, attentions: bool):
+        self.hidden_states = hidden_states
+        self.attentions = attentions
+        self.outputs: dict[nn.Module, tuple[tuple, tuple]] = {}
+
+    def record(self, encoder: nn.Module, states: tuple, maps: tuple) -> None:
+        self.outputs.setdefault(encoder, (states, maps))
+
+    def of(self, encoder: nn.Module) -> dict[str, tuple | None]:
+        """`{"hidden_states": (input, layer 1, ...), "attentions": (layer 1, ...)}`, None where not asked for
+        or where the encoder did not run."""
+        states, maps = self.outputs.get(encoder, (None, None))
+        return {
+            "hidden_states": states if self.hidden_states else None,
+            "attentions": maps if self.attentions else None,
+        }
+
+
+_OUTPUT_RECORDER: ContextVar[_OutputRecorder | None] = ContextVar("scale_output_recorder", default=None)
+"""Set by `_recording_outputs` for the duration of one forward call; a context variable, so that concurrent
+calls on one model (threads of a server) record only their own outputs."""
+
+
+@contextmanager
+def _recording_outputs(hidden_states: bool, attentions: bool) -> Iterator[_OutputRecorder | None]:
+    """Records the encoders' per-layer outputs while active when either flag is set (else yields None)."""
+    recorder = _OutputRecorder(hidden_states, attentions) if hidden_states or attentions else None
+    token = _OUTPUT_RECORDER.set(recorder)
+    try:
+        yield recorder
+    finally:
+        _OUTPUT_RECORDER.reset(token)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -406,6 +468,11 @@ class ScaleModelOutput(ModelOutput):
         The modalities each sample was treated as having.
     fusion_attention_mask (`torch.LongTensor` of shape `(batch_size, total_tokens)`):
         Which JCT tokens were attended to.
+    hidden_states, attentions (with `output_hidden_states` / `output_attentions`):
+        The JCT's input and per-layer outputs `(batch_size, total_tokens, hidden_size)`, and its per-layer
+        attention probabilities `(batch_size, num_heads, total_tokens, total_tokens)`.
+    {text,table,image,video,audio}_hidden_states, {text,...}_attentions:
+        The same for each modality encoder (before the JCT); None for a modality not given.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -418,6 +485,18 @@ class ScaleModelOutput(ModelOutput):
     alignment_scores: torch.FloatTensor | None = None
     modality_mask: torch.LongTensor | None = None
     fusion_attention_mask: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    text_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    text_attentions: tuple[torch.FloatTensor, ...] | None = None
+    table_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    table_attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    image_attentions: tuple[torch.FloatTensor, ...] | None = None
+    video_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    video_attentions: tuple[torch.FloatTensor, ...] | None = None
+    audio_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    audio_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -428,6 +507,8 @@ class ScaleForPreTrainingOutput(ModelOutput):
     mlm_loss, mem_loss: masked language / entity modelling cross-entropy (text, table).
     mrp_loss, mfp_loss, mam_loss: masked region (image), frame (video), audio regression, MSE on raw tokens.
     contrastive_loss: SIMCL inter-modality contrastive loss, mean over the usable modality pairs.
+    subset_loss: subset consistency (`config.subset_loss_weight` times a symmetric InfoNCE between each
+        product's `product_embeds` fused from all its modalities and from a random subset of them).
     mlm_logits, mem_logits: token predictions of the text / table tokens (already scaled by S[i, i]).
     """
 
@@ -438,6 +519,7 @@ class ScaleForPreTrainingOutput(ModelOutput):
     mfp_loss: torch.FloatTensor | None = None
     mam_loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
+    subset_loss: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
     mem_logits: torch.FloatTensor | None = None
     product_embeds: torch.FloatTensor | None = None
@@ -448,6 +530,8 @@ class ScaleForPreTrainingOutput(ModelOutput):
     audio_embeds: torch.FloatTensor | None = None
     alignment_scores: torch.FloatTensor | None = None
     modality_mask: torch.LongTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -455,6 +539,7 @@ class _ScaleEncoding:
     """Everything one forward pass computes, including the JCT token spans the pretraining heads need."""
 
     fused: torch.Tensor
+    fusion_inputs: torch.Tensor
     fusion_mask: torch.Tensor
     spans: dict[str, tuple[int, int]]
     token_keep: dict[str, torch.Tensor]
@@ -487,6 +572,57 @@ class ScalePreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["ScaleLayer"]
+    # A folder of one head loads into the others (AutoModel on a pretraining checkpoint, fine-tuning from it):
+    # the heads it does not have are dropped silently instead of being reported key by key.
+    _keys_to_ignore_on_load_unexpected = [
+        r"^(mlm_head|mem_head|image_pixel_head|image_feature_head|video_pixel_head|video_feature_head"
+        r"|audio_head|classifier)\."
+    ]
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """`save_pretrained`, with an `auto_map` naming every SCALE class, so that whichever head was saved,
+        each Auto class loads the folder by remote code (`trust_remote_code=True`) without this package."""
+        self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **remote_code_auto_map()}
+        super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _resize_token_embeddings(
+        self, new_num_tokens: int | None, pad_to_multiple_of: int | None = None, mean_resizing: bool = True
+    ) -> nn.Embedding:
+        """Captions and tables share one vocabulary (`config.vocab_size`): resize both embedding tables (and,
+        in `ScaleForPreTraining`, both token decoders), so that the resized model saves and reloads."""
+        embeddings = super()._resize_token_embeddings(new_num_tokens, pad_to_multiple_of, mean_resizing)
+        size = embeddings.num_embeddings
+        table = self.base_model.embeddings["table"]
+        table.word_embeddings = self._get_resized_embeddings(
+            table.word_embeddings, size, mean_resizing=mean_resizing
+        )
+        for head in self._vocabulary_heads():
+            head.decoder = self._get_resized_lm_head(head.decoder, size, mean_resizing=mean_resizing)
+        return embeddings
+
+    def _vocabulary_heads(self) -> tuple[nn.Module, ...]:
+        """Heads that predict token ids over the shared vocabulary."""
+        return ()
+
+    def _recording(self, output_hidden_states: bool | None, output_attentions: bool | None):
+        """`_recording_outputs` for one forward call; unset flags fall back to the config (transformers')."""
+        return _recording_outputs(
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            self.config.output_attentions if output_attentions is None else output_attentions,
+        )
+
+    def _recorded_fields(self, recorder: _OutputRecorder | None, per_modality: bool) -> dict[str, tuple]:
+        """Output fields from a recorder: the JCT's `hidden_states` / `attentions` and, with `per_modality`,
+        `{modality}_hidden_states` / `{modality}_attentions` of each encoder that ran."""
+        if recorder is None:
+            return {}
+        base = self.base_model
+        fields = recorder.of(base.fusion_encoder)
+        if per_modality:
+            for name in MODALITIES:
+                recorded = recorder.of(base.encoders[name])
+                fields.update({f"{name}_{key}": value for key, value in recorded.items()})
+        return {key: value for key, value in fields.items() if value is not None}
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -502,7 +638,7 @@ class ScalePreTrainedModel(PreTrainedModel):
 
         Copies the word embeddings, the first `max_text_length` position embeddings (BERT's token-type row 0
         is added to them: every caption token has type 0, so the sum is unchanged), the embedding LayerNorm
-        and the first `config.num_encoder_layers` layers, parameter by parameter.
+        and the first `config.num_text_encoder_layers` layers, parameter by parameter.
 
         Args:
             bert: a local folder with a BERT checkpoint, or a loaded `BertModel` (or a model wrapping one).
@@ -516,10 +652,10 @@ class ScalePreTrainedModel(PreTrainedModel):
             bert = BertModel.from_pretrained(bert)
         bert = bert.base_model
         bert_config, config = bert.config, self.config
-        if bert_config.num_hidden_layers < config.num_encoder_layers:
+        if bert_config.num_hidden_layers < config.num_text_encoder_layers:
             raise ValueError(
-                f"BERT has {bert_config.num_hidden_layers} layers, config.num_encoder_layers is "
-                f"{config.num_encoder_layers}"
+                f"BERT has {bert_config.num_hidden_layers} layers, config.num_text_encoder_layers is "
+                f"{config.num_text_encoder_layers}"
             )
         if bert_config.num_attention_heads != config.num_attention_heads:
             raise ValueError(
@@ -580,7 +716,12 @@ class ScaleModel(ScalePreTrainedModel):
             }
         )
         self.encoders = nn.ModuleDict(
-            {name: ScaleEncoder(config, config.num_encoder_layers) for name in MODALITIES}
+            {
+                name: ScaleEncoder(
+                    config, config.num_text_encoder_layers if name == "text" else config.num_encoder_layers
+                )
+                for name in MODALITIES
+            }
         )
         self.contrastive_projections = nn.ModuleDict(
             {name: ScaleContrastiveProjection(config) for name in MODALITIES}
@@ -652,21 +793,48 @@ class ScaleModel(ScalePreTrainedModel):
         encoder_mask = torch.cat([torch.ones_like(keep[:, :1]), keep[:, 1:]], dim=1)
         return self.encoders[name](tokens, encoder_mask)
 
+    def _fuse(
+        self,
+        fusion_inputs: torch.Tensor,
+        token_keep: dict[str, torch.Tensor],
+        spans: dict[str, tuple[int, int]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The JCT over the kept tokens: (fused states zeroed where not kept, fusion mask, product_embeds).
+
+        `product_embeds` is the mean over the modalities a sample keeps of their mean post-JCT token: every
+        modality counts once, however many tokens it has; the others are not counted."""
+        fusion_mask = torch.cat([token_keep[name] for name in spans], dim=1)
+        fused = self.fusion_encoder(fusion_inputs, fusion_mask)
+        fused = torch.where(fusion_mask[..., None], fused, 0.0)
+        pooled = torch.stack(
+            [_token_mean(fused[:, first:last], token_keep[name]) for name, (first, last) in spans.items()],
+            dim=1,
+        )
+        kept = torch.stack([token_keep[name].any(dim=-1) for name in spans], dim=1)
+        product_embeds = pooled.sum(dim=1) / kept.sum(dim=1, keepdim=True).clamp(min=1)
+        return fused, fusion_mask, product_embeds
+
+    def subset_product_embeds(self, encoding: _ScaleEncoding, keep_modalities: torch.Tensor) -> torch.Tensor:
+        """`product_embeds` of the same products fused from only the modalities in `keep_modalities` (B, 5).
+
+        The modality encoders do not see each other, so their outputs are reused; only the JCT runs again.
+        Equal to encoding the subset alone (up to the padding the dropped modalities leave in the batch)."""
+        token_keep = {
+            name: keep & keep_modalities[:, MODALITIES.index(name), None].bool()
+            for name, keep in encoding.token_keep.items()
+        }
+        return self._fuse(encoding.fusion_inputs, token_keep, encoding.spans)[2]
+
     def _encode(self, **inputs) -> _ScaleEncoding:
         unknown = sorted(set(inputs) - set(MODEL_INPUT_NAMES))
         if unknown:
             raise TypeError(f"unexpected SCALE inputs {unknown}; the model reads {list(MODEL_INPUT_NAMES)}")
+        check_model_inputs(self.config, inputs)
         embedded = {name: self._embed(name, inputs) for name in MODALITIES}
         given = [name for name in MODALITIES if embedded[name] is not None]
         if not given:
             raise ValueError(f"no modality inputs given; expected at least one of {MODALITIES}")
-        batch_size = embedded[given[0]][0].shape[0]
-        for name in given:
-            if embedded[name][0].shape[0] != batch_size:
-                raise ValueError(
-                    f"batch size mismatch: {name} inputs have {embedded[name][0].shape[0]} samples, "
-                    f"{given[0]} inputs have {batch_size}"
-                )
+        batch_size = embedded[given[0]][0].shape[0]  # the same for every input (`check_model_inputs`)
         device = embedded[given[0]][0].device
 
         present = torch.zeros(batch_size, len(MODALITIES), dtype=torch.bool, device=device)
@@ -681,7 +849,7 @@ class ScaleModel(ScalePreTrainedModel):
                 )
             present = present & modality_mask.bool()
 
-        fusion_tokens, fusion_masks, spans, token_keep = [], [], {}, {}
+        fusion_tokens, spans, token_keep = [], {}, {}
         features, start = {}, 0
         for index, name in enumerate(MODALITIES):
             if embedded[name] is None:
@@ -692,23 +860,12 @@ class ScaleModel(ScalePreTrainedModel):
             feature = self.contrastive_projections[name](_token_mean(hidden, keep))
             features[name] = torch.where(present[:, index, None], feature, 0.0)
             fusion_tokens.append(hidden + self.modality_type_embeddings.weight[index])
-            fusion_masks.append(keep)
             token_keep[name] = keep
             spans[name] = (start, start + hidden.shape[1])
             start += hidden.shape[1]
 
-        fusion_mask = torch.cat(fusion_masks, dim=1)
-        fused = self.fusion_encoder(torch.cat(fusion_tokens, dim=1), fusion_mask)
-        fused = torch.where(fusion_mask[..., None], fused, 0.0)
-
-        # every modality counts once, however many tokens it has; absent ones pool to 0 and are not counted
-        pooled = [
-            _token_mean(fused[:, first:last], token_keep[name]) for name, (first, last) in spans.items()
-        ]
-        given_present = present[:, [MODALITIES.index(name) for name in given]]
-        product_embeds = torch.stack(pooled, dim=1).sum(dim=1) / given_present.sum(dim=1, keepdim=True).clamp(
-            min=1
-        )
+        fusion_inputs = torch.cat(fusion_tokens, dim=1)
+        fused, fusion_mask, product_embeds = self._fuse(fusion_inputs, token_keep, spans)
 
         absent = torch.zeros_like(features[given[0]])
         modality_embeds = torch.stack([features.get(name, absent) for name in MODALITIES], dim=1)
@@ -717,6 +874,7 @@ class ScaleModel(ScalePreTrainedModel):
         )
         return _ScaleEncoding(
             fused=fused,
+            fusion_inputs=fusion_inputs,
             fusion_mask=fusion_mask,
             spans=spans,
             token_keep=token_keep,
@@ -726,6 +884,7 @@ class ScaleModel(ScalePreTrainedModel):
             product_embeds=product_embeds,
         )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -743,13 +902,21 @@ class ScaleModel(ScalePreTrainedModel):
         audio_features: torch.FloatTensor | None = None,
         audio_mask: torch.Tensor | None = None,
         modality_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ScaleModelOutput:
         r"""
         Any subset of modalities may be given (see the shared inputs contract); `modality_mask` (B, 5) narrows
         which modalities each sample has. Without it, a sample has a given modality when its mask has any 1.
+        `output_hidden_states` / `output_attentions` add every encoder's and the JCT's per-layer states /
+        attention maps; `return_dict=False` gives a tuple (the fields that are not None, in order).
         """
         arguments = locals()
-        return self._encode(**{name: arguments[name] for name in MODEL_INPUT_NAMES}).model_output()
+        with self._recording(output_hidden_states, output_attentions) as recorder:
+            output = self._encode(**{name: arguments[name] for name in MODEL_INPUT_NAMES}).model_output()
+        for key, value in self._recorded_fields(recorder, per_modality=True).items():
+            output[key] = value
+        return output
 
     def get_product_embeddings(self, **inputs) -> torch.Tensor:
         """(B, hidden_size) fused product embeddings of whatever modalities are given / unmasked."""
@@ -757,6 +924,7 @@ class ScaleModel(ScalePreTrainedModel):
 
     def _modality_features(self, name: str, inputs: dict) -> torch.Tensor:
         """Contrastive feature of one modality alone (its encoder and projection only, no JCT)."""
+        check_model_inputs(self.config, inputs)
         embedded = self._embed(name, inputs)
         if embedded is None:
             raise ValueError(f"no {name} inputs given")
@@ -866,6 +1034,9 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         self.audio_head = ScalePredictionHead(config, config.audio_subsampling * config.audio_feature_dim)
         self.post_init()
 
+    def _vocabulary_heads(self) -> tuple[nn.Module, ...]:
+        return (self.mlm_head, self.mem_head)
+
     def _token_loss(
         self,
         name: str,
@@ -918,6 +1089,7 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         per_token = difference.pow(2).sum(dim=-1) / elements.sum(dim=-1).clamp(min=1)
         return _masked_mean(per_token, counted)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -943,6 +1115,9 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         video_targets: torch.FloatTensor | None = None,
         masked_audio_positions: torch.Tensor | None = None,
         audio_targets: torch.FloatTensor | None = None,
+        subset_modality_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> ScaleForPreTrainingOutput:
         r"""
         labels (`(B, Lt)`), table_labels (`(B, Ltab)`): MLM / MEM targets, -100 where not masked.
@@ -950,12 +1125,17 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         the input tensor): MRP / MFP / MAM. The targets are turned into raw token vectors with the functions
         the model embeds its inputs with; the loss is the MSE over the masked, present tokens.
 
+        subset_modality_mask (`(B, 5)`): the modalities of each product's second, subset view (the collator
+        draws it); `subset_loss` (our addition, see `ScaleConfig.subset_loss_weight`) pulls that view's
+        `product_embeds` to the full one.
+
         With `config.use_simcl`, S weights every term as in Eq. 3: the logits of pair (i, j) are scaled by
         S[i, j] (i < j) and the logits of modality i's masked task by S[i, i]; for the regression tasks the
         "logits" are the predicted raw tokens.
         """
         arguments = locals()
-        encoding = self.scale._encode(**{name: arguments[name] for name in MODEL_INPUT_NAMES})
+        with self._recording(output_hidden_states, output_attentions) as recorder:
+            encoding = self.scale._encode(**{name: arguments[name] for name in MODEL_INPUT_NAMES})
         scores = encoding.alignment if self.config.use_simcl else None
 
         def weight(name: str) -> torch.Tensor | None:
@@ -1012,6 +1192,16 @@ class ScaleForPreTraining(ScalePreTrainedModel):
             self.config.contrastive_denominator,
             scores,
         )
+        terms["subset_loss"] = zero
+        if subset_modality_mask is not None and self.config.subset_loss_weight > 0:
+            subset_loss, _ = pairwise_contrastive_loss(
+                encoding.product_embeds,
+                self.scale.subset_product_embeds(encoding, subset_modality_mask),
+                encoding.modality_mask.any(dim=-1),
+                self.config.temperature,
+                denominator="all",
+            )
+            terms["subset_loss"] = self.config.subset_loss_weight * subset_loss
         model_output = encoding.model_output()
         return ScaleForPreTrainingOutput(
             loss=sum(terms.values()),
@@ -1022,6 +1212,7 @@ class ScaleForPreTraining(ScalePreTrainedModel):
             **{f"{name}_embeds": model_output[f"{name}_embeds"] for name in MODALITIES},
             alignment_scores=model_output.alignment_scores,
             modality_mask=model_output.modality_mask,
+            **self._recorded_fields(recorder, per_modality=False),
         )
 
 
@@ -1035,6 +1226,7 @@ class ScaleForProductClassification(ScalePreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -1053,22 +1245,41 @@ class ScaleForProductClassification(ScalePreTrainedModel):
         audio_mask: torch.Tensor | None = None,
         modality_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
     ) -> SequenceClassifierOutput:
         r"""
-        labels (`(B,)`): class ids; the loss is their cross-entropy.
+        labels (`(B,)`): class ids; the loss is their cross-entropy, averaged over the samples with a label (a
+            negative id, such as the converted dataset's -1 for "no label", is ignored like transformers'
+            -100; a batch without any label gives a loss of 0).
         """
         arguments = locals()
-        product_embeds = self.scale._encode(
-            **{name: arguments[name] for name in MODEL_INPUT_NAMES}
-        ).product_embeds
+        with self._recording(output_hidden_states, output_attentions) as recorder:
+            product_embeds = self.scale._encode(
+                **{name: arguments[name] for name in MODEL_INPUT_NAMES}
+            ).product_embeds
         logits = self.classifier(self.dropout(product_embeds))
-        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        loss = None
+        if labels is not None:
+            check_class_labels(labels, self.config.num_labels, logits.shape[0])
+            labelled = labels >= 0
+            per_sample = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none")
+            loss = torch.where(labelled, per_sample, 0.0).sum() / labelled.sum().clamp(min=1)
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, **self._recorded_fields(recorder, per_modality=False)
+        )
 
 
 ScaleModel.register_for_auto_class("AutoModel")
 ScaleForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 ScaleForProductClassification.register_for_auto_class("AutoModelForSequenceClassification")
+
+
+def remote_code_auto_map() -> dict[str, str]:
+    """`auto_map` entries of the config and of every model class, named as in a saved folder's flat files."""
+    classes = (ScaleConfig, ScaleModel, ScaleForPreTraining, ScaleForProductClassification)
+    return {cls._auto_class: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" for cls in classes}
+
 
 __all__ = [
     "MODEL_INPUT_NAMES",

@@ -24,6 +24,7 @@ from query_inputs import QueryError, build_query
 from search_engine import ProductSearchEngine, SearchResult, load_search_engine
 
 from modeling_scale import MODALITIES
+from modeling_scale.media_decoding_scale import first_line
 
 logger = logging.getLogger("scale_demo")
 
@@ -125,7 +126,8 @@ def _readable_input_errors(component: gr.components.Component, what: str) -> gr.
         except Exception as error:
             path = getattr(payload, "path", None)
             name = getattr(payload, "orig_name", None) or Path(path or what).name
-            reason = str(error).replace(str(path), name) if path else str(error)  # no server paths shown
+            reason = first_line(error)  # one line, no FFmpeg internals
+            reason = reason.replace(str(path), name) if path else reason  # no server paths shown
             raise gr.Error(f"The {what} '{name}' could not be read ({reason}).") from error
 
     component.preprocess = checked_preprocess
@@ -152,7 +154,7 @@ def build_demo(
             raise gr.Error(str(error)) from error
         except Exception as error:  # keep serving: the visitor sees what failed, the log has the traceback
             logger.exception("Search failed")
-            raise gr.Error(f"The search failed ({type(error).__name__}: {error}).") from error
+            raise gr.Error(f"The search failed ({type(error).__name__}: {first_line(error)}).") from error
         return result_outputs(result)
 
     def load_product(item_id):

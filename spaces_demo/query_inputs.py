@@ -14,6 +14,8 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from modeling_scale import MODALITIES
+from modeling_scale.media_decoding_scale import MediaDecodingError, first_line, load_image
+from modeling_scale.processing_scale import has_printable_character
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")
@@ -22,6 +24,9 @@ MAX_IMAGE_PIXELS = 40_000_000
 """Larger images are refused: decoding them would stall a worker that other visitors wait on."""
 MAX_CLIP_SECONDS = 600.0
 """The processor only keeps the first seconds of a clip; a longer one is almost certainly a wrong upload."""
+MAX_TEXT_CHARS = 2_000
+"""Longer captions and table cells are refused: the model reads the first few dozen tokens only, and
+tokenising megabytes would stall a worker that other visitors wait on."""
 
 
 class QueryError(ValueError):
@@ -65,13 +70,24 @@ def read_table(rows: Any) -> list[tuple[str, str]]:
         if not key or not value:
             missing, given = ("property", value) if not key else ("value", key)
             raise QueryError(f"Table row {number}: {missing} is empty (the row has only {given!r}).")
+        for what, cell in (("property", key), ("value", value)):
+            _check_text_length(cell, f"The {what} in table row {number}")
         pairs.append((key, value))
     return pairs
 
 
+def _check_text_length(text: str, what: str) -> None:
+    if len(text) > MAX_TEXT_CHARS:
+        raise QueryError(
+            f"{what} has {len(text):,} characters; the limit is {MAX_TEXT_CHARS:,} "
+            "(the model reads only the first few dozen words)."
+        )
+
+
 def _reason(error: Exception, path: Path) -> str:
-    """The decoder's complaint, without the server-side folder of the upload (the visitor knows the name)."""
-    return str(error).replace(str(path.parent) + "/", "")
+    """The decoder's complaint in one line (no FFmpeg internals or bug-report footers), without the
+    server-side folder of the upload (the visitor knows the file's name)."""
+    return first_line(error).replace(str(path.parent) + "/", "")
 
 
 def _check_suffix(path: Path, modality: str, suffixes: Sequence[str]) -> None:
@@ -83,7 +99,8 @@ def _check_suffix(path: Path, modality: str, suffixes: Sequence[str]) -> None:
 
 
 def read_image(path: str | Path) -> Image.Image:
-    """Fully decodes an uploaded image (a truncated or fake file fails here, not inside the model)."""
+    """Fully decodes an uploaded image (a truncated or fake file fails here, not inside the model) the way the
+    processor does (16-bit and float images keep their range instead of turning white)."""
     path = Path(path)
     _check_suffix(path, "image", IMAGE_SUFFIXES)
     try:
@@ -93,7 +110,7 @@ def read_image(path: str | Path) -> Image.Image:
                     f"The image '{path.name}' is {image.width}x{image.height} pixels; "
                     f"the limit is {MAX_IMAGE_PIXELS // 1_000_000} megapixels."
                 )
-            return image.convert("RGB")
+            return load_image(image)
     except QueryError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -152,6 +169,9 @@ def build_query(
     if unknown:
         raise QueryError(f"Unknown modalities {unknown}; choose among {list(MODALITIES)}.")
     text = (text or "").strip() or None
+    if text is not None:
+        _check_text_length(text, "The caption")
+        text = text if has_printable_character(text) else None  # only control / zero-width characters
     given = {
         "text": text,
         "table": read_table(table) or None,
@@ -159,8 +179,13 @@ def build_query(
         "video": read_clip(video, "video") if video else None,
         "audio": read_clip(audio, "audio") if audio else None,
     }
-    if image is not None:
-        given["image"] = image.convert("RGB") if isinstance(image, Image.Image) else read_image(image)
+    if isinstance(image, Image.Image):
+        try:
+            given["image"] = load_image(image)
+        except MediaDecodingError as error:
+            raise QueryError(f"The image could not be read ({first_line(error)}).") from error
+    elif image is not None:
+        given["image"] = read_image(image)
     query = ProductQuery(ignored=[m for m in MODALITIES if given[m] is not None and m not in search_with])
     for modality in search_with:
         setattr(query, modality, given[modality])
