@@ -732,3 +732,82 @@ def test_paper_sized_model_runs_forward_and_backward():
     assert stats["parameters_fusion_encoder"] == stats["parameters_per_encoder"]
     assert 150e9 < stats["train_flops_per_sample"] < 250e9
     assert math.isfinite(stats["loss"])
+
+
+# ------------------------------------------------------------------------------- transformers conventions
+
+
+def test_return_dict_false_gives_the_output_fields_as_a_tuple(config, pretraining_model):
+    inputs = make_inputs(config)
+    torch.manual_seed(0)
+    model = ScaleModel(config).eval()
+    as_dict = model(**inputs)
+    as_tuple = model(**inputs, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == len(as_dict)
+    for value, key in zip(as_tuple, as_dict.keys(), strict=True):
+        torch.testing.assert_close(value, as_dict[key], atol=0, rtol=0, msg=key)
+    classifier = ScaleForProductClassification(tiny_config(num_labels=3)).eval()
+    loss, logits = classifier(**inputs, labels=torch.tensor([0, 1, 2, 0]), return_dict=False)
+    assert loss.ndim == 0 and logits.shape == (BATCH, 3)
+    targets = make_pretraining_targets(config, inputs)
+    assert isinstance(pretraining_model(**inputs, **targets, return_dict=False)[0], torch.Tensor)
+
+
+def test_hidden_states_and_attentions_of_every_encoder_and_the_jct(config):
+    torch.manual_seed(0)
+    model = ScaleModel(tiny_config(num_encoder_layers=2, num_fusion_layers=3)).eval()
+    inputs = make_inputs(config)
+    plain = model(**inputs)
+    assert plain.hidden_states is None and plain.text_attentions is None
+    out = model(**inputs, output_hidden_states=True, output_attentions=True)
+    tokens = out.last_hidden_state.shape[1]
+    assert len(out.hidden_states) == 4 and len(out.attentions) == 3
+    assert out.hidden_states[0].shape == out.last_hidden_state.shape
+    assert out.attentions[0].shape == (BATCH, 2, tokens, tokens)
+    kept = out.fusion_attention_mask.bool()
+    torch.testing.assert_close(out.hidden_states[-1][kept], out.last_hidden_state[kept])
+    lengths = {"text": TEXT_LEN, "table": TABLE_LEN, "image": REGIONS + 1, "video": FRAMES + 1}
+    for name, length in lengths.items():
+        states, maps = out[f"{name}_hidden_states"], out[f"{name}_attentions"]
+        assert len(states) == 3 and len(maps) == 2, name
+        assert states[-1].shape == (BATCH, length, 32) and maps[0].shape == (BATCH, 2, length, length), name
+        # attention probabilities: rows sum to one, masked-out keys get none
+        torch.testing.assert_close(maps[0].sum(-1), torch.ones(BATCH, 2, length))
+    assert out.text_attentions[0][1, :, :, 5:].abs().max() == 0  # sample 1's caption padding
+    torch.testing.assert_close(out.product_embeds, plain.product_embeds, atol=1e-5, rtol=1e-5)
+    only_text = model(input_ids=inputs["input_ids"], output_hidden_states=True)
+    assert only_text.text_hidden_states is not None and only_text.image_hidden_states is None
+
+
+def test_output_flags_follow_the_config_and_reach_the_heads(config):
+    torch.manual_seed(0)
+    model = ScaleForProductClassification(tiny_config(num_labels=3, output_hidden_states=True)).eval()
+    out = model(**make_inputs(config), output_attentions=True)
+    assert len(out.hidden_states) == 2 and len(out.attentions) == 1
+    assert model(**make_inputs(config), output_hidden_states=False).hidden_states is None
+
+
+def test_resize_token_embeddings_resizes_every_vocabulary_table_and_reloads(tmp_path):
+    torch.manual_seed(0)
+    model = ScaleForPreTraining(tiny_config()).eval()
+    old, size = model.config.vocab_size, model.config.vocab_size + 21
+    table_before = model.scale.embeddings["table"].word_embeddings.weight.detach().clone()
+    model.resize_token_embeddings(size, mean_resizing=False)
+    assert model.config.vocab_size == size
+    assert model.scale.embeddings["text"].word_embeddings.num_embeddings == size
+    assert model.scale.embeddings["table"].word_embeddings.num_embeddings == size
+    assert model.mlm_head.decoder.out_features == model.mem_head.decoder.out_features == size
+    torch.testing.assert_close(model.scale.embeddings["table"].word_embeddings.weight[:old], table_before)
+    model.save_pretrained(tmp_path)
+    reloaded = ScaleForPreTraining.from_pretrained(tmp_path).eval()
+    inputs = make_inputs(model.config)
+    inputs["input_ids"][0, 1] = size - 1  # a new token, in captions and in tables
+    inputs["table_input_ids"][0, 1] = size - 2
+    targets = make_pretraining_targets(model.config, inputs)
+    torch.manual_seed(1)
+    expected = model(**inputs, **targets)
+    torch.manual_seed(1)
+    got = reloaded(**inputs, **targets)
+    assert expected.mlm_logits.shape[-1] == expected.mem_logits.shape[-1] == size
+    torch.testing.assert_close(got.mlm_logits, expected.mlm_logits)
+    torch.testing.assert_close(got.product_embeds, expected.product_embeds)
