@@ -14,7 +14,13 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from modeling_scale import MODALITIES
-from modeling_scale.media_decoding_scale import MediaDecodingError, first_line, load_image
+from modeling_scale.media_decoding_scale import (
+    MediaDecodingError,
+    first_line,
+    load_audio,
+    load_image,
+    load_video_frames,
+)
 from modeling_scale.processing_scale import has_printable_character
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -24,6 +30,8 @@ MAX_IMAGE_PIXELS = 40_000_000
 """Larger images are refused: decoding them would stall a worker that other visitors wait on."""
 MAX_CLIP_SECONDS = 600.0
 """The processor only keeps the first seconds of a clip; a longer one is almost certainly a wrong upload."""
+CHECK_VIDEO_FPS, CHECK_VIDEO_FRAMES, CHECK_AUDIO_RATE, CHECK_AUDIO_SECONDS = 1.0, 12, 16000, 12.0
+"""How much of a clip the upload check decodes: the paper's processor settings (no preset reads more)."""
 MAX_TEXT_CHARS = 2_000
 """Longer captions and table cells are refused: the model reads the first few dozen tokens only, and
 tokenising megabytes would stall a worker that other visitors wait on."""
@@ -120,27 +128,33 @@ def read_image(path: str | Path) -> Image.Image:
 
 
 def _check_clip(path: Path, modality: str) -> None:
-    """Opens a clip with torchcodec and reads its first samples, so that corrupt files are refused early."""
+    """Opens a clip with torchcodec, refuses one that is too long, then decodes what the processor will read
+    of it (sampled frames, the first seconds of sound) with the processor's own functions, so that a file
+    corrupted after its first frame is refused here with a message about the file, not inside the search."""
     from torchcodec.decoders import AudioDecoder, VideoDecoder
 
-    try:
-        if modality == "video":
-            decoder = VideoDecoder(str(path))
-            seconds = decoder.metadata.duration_seconds
-            decoder[0]
-        else:
-            decoder = AudioDecoder(str(path))
-            seconds = decoder.metadata.duration_seconds
-            decoder.get_samples_played_in_range(0.0, 0.5)
-    except Exception as error:  # torchcodec raises RuntimeError/ValueError/IndexError depending on the damage
-        raise QueryError(
+    def refuse(error: Exception) -> QueryError:
+        return QueryError(
             f"The {modality} file '{path.name}' could not be decoded ({_reason(error, path)}). "
             f"Is it a real {modality} file?"
-        ) from error
+        )
+
+    try:
+        decoder = VideoDecoder(str(path)) if modality == "video" else AudioDecoder(str(path))
+        seconds = decoder.metadata.duration_seconds
+    except Exception as error:  # torchcodec raises RuntimeError/ValueError/IndexError depending on the damage
+        raise refuse(error) from error
     if seconds is not None and seconds > MAX_CLIP_SECONDS:
         raise QueryError(
             f"The {modality} file '{path.name}' lasts {seconds:.1f} s; the limit is {MAX_CLIP_SECONDS:g} s."
         )
+    try:
+        if modality == "video":
+            load_video_frames(decoder, fps=CHECK_VIDEO_FPS, max_frames=CHECK_VIDEO_FRAMES)
+        else:
+            load_audio(decoder, sampling_rate=CHECK_AUDIO_RATE, max_seconds=CHECK_AUDIO_SECONDS)
+    except Exception as error:
+        raise refuse(error) from error
 
 
 def read_clip(path: str | Path, modality: str) -> str:

@@ -7,6 +7,11 @@ the paper's modality-combination evaluation), then into pretraining inputs with
 `DataCollatorForScalePretraining`. Because it is the DataLoader's `collate_fn`, decoding and feature
 extraction run in the worker processes, in parallel with the model.
 
+One undecodable file in a million must not end a run: the collator calls the processor with
+`on_error="missing"`, so such an input becomes a missing modality, is logged with its item id and is listed in
+the batch's `input_failures` (`{"item_id", "modality", "reason"}`), which the training loop and the embedding
+extraction count.
+
 Masking must not depend on which worker builds a batch or on whether training was resumed mid-epoch, so the
 pretraining collator's generator is seeded from the dataset indices of the batch (`_index`, added by
 `IndexedDataset`) and the run's seed.
@@ -15,6 +20,7 @@ pretraining collator's generator is seeded from the dataset indices of the batch
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +28,8 @@ import torch
 from torch.utils.data import Dataset
 
 from modeling_scale import MODALITIES
+
+logger = logging.getLogger(__name__)
 
 MODALITY_COLUMNS = {"text": "caption", "table": "table", "image": "image", "video": "video", "audio": "audio"}
 """The dataset column that holds each modality."""
@@ -104,6 +112,8 @@ class ScaleBatchCollator:
         pretraining_collator: a `DataCollatorForScalePretraining`; when given, masking targets are added.
         label_column: when given, `labels` (B,) long is added from this column (classification).
         seed: the run's seed, mixed with the batch's `_index` values to seed the masking.
+        on_error: the processor's `on_error`; `"missing"` (default) turns an unreadable input into a missing
+            modality listed in `input_failures`, `"raise"` stops at it.
     """
 
     def __init__(
@@ -113,23 +123,38 @@ class ScaleBatchCollator:
         pretraining_collator=None,
         label_column: str | None = None,
         seed: int = 0,
+        on_error: str = "missing",
     ):
         self.processor = processor
         self.modalities = check_modalities(modalities)
         self.pretraining_collator = pretraining_collator
         self.label_column = label_column
         self.seed = seed
+        self.on_error = on_error
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, Any]:
         inputs = processor_inputs(rows, self.modalities)
         if not inputs:
             ids = [row.get("item_id") for row in rows]
             raise ValueError(f"none of the items {ids} has any of the modalities {self.modalities}")
+        failures = []
         try:
-            batch = dict(self.processor(**inputs, return_tensors="pt"))
+            batch = dict(
+                self.processor(**inputs, return_tensors="pt", on_error=self.on_error, failures=failures)
+            )
         except Exception as error:
             ids = [row.get("item_id") for row in rows]
             raise type(error)(f"{error} (batch item ids, by sample index: {ids})") from error
+        input_failures = [
+            {
+                "item_id": rows[failure.sample].get("item_id"),
+                "modality": failure.modality,
+                "reason": failure.reason,
+            }
+            for failure in failures
+        ]
+        for failure in input_failures:
+            logger.warning("item %(item_id)s: %(modality)s treated as missing: %(reason)s", failure)
         if self.pretraining_collator is not None:
             indices = [row.get("_index", position) for position, row in enumerate(rows)]
             # the collator draws its masks from `generator`; re-seeding it per batch makes them independent
@@ -140,6 +165,7 @@ class ScaleBatchCollator:
         if self.label_column is not None:
             batch["labels"] = torch.tensor([row[self.label_column] for row in rows], dtype=torch.long)
         batch["item_ids"] = [row.get("item_id") for row in rows]
+        batch["input_failures"] = input_failures
         return batch
 
 

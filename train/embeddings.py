@@ -12,10 +12,13 @@ result["item_ids"]        # the N item ids, in dataset order
 A modality subset is evaluated by leaving the other modalities out of the processor call, so they are never
 decoded and their `modality_mask` column is 0 (the model ignores them). Extraction runs under `torch.no_grad`
 in eval mode, on the GPU when one is present (bf16 autocast there), with the processor in DataLoader workers.
+An input that cannot be read (a corrupt file, NaN values) is embedded as missing, logged with its item id
+and listed in `input_failures`: one bad file does not stop an evaluation.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +28,8 @@ from tqdm.auto import tqdm
 
 from modeling_scale import MODALITIES
 from train.data import ScaleBatchCollator, model_inputs, only_columns_of
+
+logger = logging.getLogger(__name__)
 
 
 def default_device() -> torch.device:
@@ -56,7 +61,9 @@ def extract_embeddings(
     Returns:
         `item_ids` (list of N str), `product_embeds` (N, P) float32, `modality_embeds` (N, 5, P) float32 (the
         per-modality contrastive features, zeros where missing), `alignment_scores` (N, 5, 5) float32 (the
-        SIMCL matrix S of each item) and `modality_mask` (N, 5) int64 (modalities actually used).
+        SIMCL matrix S of each item), `modality_mask` (N, 5) int64 (modalities actually used) and
+        `input_failures` (the inputs embedded as missing because they could not be read: item id, modality,
+        reason).
     """
     device = torch.device(device) if device is not None else default_device()
     dataset = only_columns_of(dataset, modalities)
@@ -72,6 +79,7 @@ def extract_embeddings(
         persistent_workers=False,
     )
     item_ids: list[str] = []
+    input_failures: list[dict] = []
     embeds, modality_embeds, scores, masks = [], [], [], []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for batch in tqdm(loader, desc=f"embeddings {'+'.join(modalities)}", disable=not show_progress):
@@ -87,11 +95,19 @@ def extract_embeddings(
         scores.append(outputs.alignment_scores.float().cpu())
         masks.append(inputs["modality_mask"].cpu())
         item_ids.extend(batch["item_ids"])
+        input_failures.extend(batch["input_failures"])
     encoder.train(was_training)
+    if input_failures:
+        logger.warning(
+            "%d inputs could not be read and were embedded as missing (first: %s)",
+            len(input_failures),
+            input_failures[:3],
+        )
     return {
         "item_ids": item_ids,
         "product_embeds": torch.cat(embeds).numpy() if embeds else np.zeros((0, 0), np.float32),
         "modality_embeds": torch.cat(modality_embeds).numpy() if embeds else np.zeros((0, 5, 0), np.float32),
         "alignment_scores": torch.cat(scores).numpy() if scores else np.zeros((0, 5, 5), np.float32),
         "modality_mask": torch.cat(masks).long().numpy() if masks else np.zeros((0, 5), np.int64),
+        "input_failures": input_failures,
     }

@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
             "num_processes": accelerator.num_processes,
             "learning_rate": args.learning_rate,
             "test_accuracy": accuracy,
+            "input_failures": state.extra["input_failures"],
         }
         with open(os.path.join(args.output_dir, "training_summary.json"), "w") as handle:
             json.dump(summary, handle, indent=1)

@@ -36,7 +36,16 @@ from train.model_card import write_model_card
 from train.training_loop import add_training_arguments, make_accelerator, train
 from train.vocabulary import extend_vocabulary, trim_vocabulary
 
-LOSS_NAMES = ("loss", "mlm_loss", "mem_loss", "mrp_loss", "mfp_loss", "mam_loss", "contrastive_loss")
+LOSS_NAMES = (
+    "loss",
+    "mlm_loss",
+    "mem_loss",
+    "mrp_loss",
+    "mfp_loss",
+    "mam_loss",
+    "contrastive_loss",
+    "subset_loss",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -189,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
             "num_processes": accelerator.num_processes,
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "learning_rate": args.learning_rate,
+            "input_failures": state.extra["input_failures"],
         }
         with open(os.path.join(args.output_dir, "training_summary.json"), "w") as handle:
             json.dump(summary, handle, indent=1)

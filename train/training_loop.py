@@ -12,6 +12,10 @@ What it guarantees:
 - **Param groups.** The BERT-initialised text encoder gets `learning_rate * text_encoder_lr_scale` (the
   paper initialises it from BERT and trains the rest from scratch); biases and LayerNorm weights get no
   weight decay.
+- **Nothing silent.** Inputs the collator had to treat as missing (an undecodable file, NaN values; see
+  `train.data.ScaleBatchCollator`) are counted over every process, by modality, with the first item ids and
+  reasons, in `state.extra["input_failures"]` (saved with checkpoints; pretrain.py and finetune.py put it in
+  training_summary.json).
 - **Tracking.** Every loss term the model returns, the learning rates and any extra scalars (e.g. the SIMCL
   matrix S) are averaged over the logging window and over processes and sent to `accelerator.log`
   (TensorBoard by default). A tqdm bar runs on the main process only.
@@ -39,6 +43,8 @@ from train.data import model_inputs
 
 CHECKPOINT_PREFIX = "step_"
 TRAINING_STATE_FILE = "training_state.json"
+MAX_LISTED_INPUT_FAILURES = 100
+"""Input failures listed by item id in the training state (all are counted)."""
 
 
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
@@ -199,6 +205,25 @@ class TrainingState:
             return cls(**json.load(handle))
 
 
+def merge_input_failures(accelerator: Accelerator, state: TrainingState, pending: list[dict]) -> None:
+    """Add every process' `pending` input failures (`{"item_id", "modality", "reason"}`) to
+    `state.extra["input_failures"]`, identical on all processes afterwards, and empty `pending`.
+    Every process must call it (a collective when there are several)."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        everything = gather_object(pending)
+    else:
+        everything = list(pending)
+    pending.clear()
+    total = state.extra.setdefault("input_failures", {"count": 0, "by_modality": {}, "items": []})
+    for failure in everything:
+        total["count"] += 1
+        total["by_modality"][failure["modality"]] = total["by_modality"].get(failure["modality"], 0) + 1
+        if len(total["items"]) < MAX_LISTED_INPUT_FAILURES:
+            total["items"].append(failure)
+
+
 class _Window:
     """Running sums of logged scalars between two logging steps."""
 
@@ -305,6 +330,7 @@ def train(
         disable=not accelerator.is_local_main_process,
     )
     window = _Window()
+    pending_failures: list[dict] = []
     model.train()
     while state.global_step < total_updates:
         # the prepared loader re-sets the sampler's epoch from its own counter when iterated: set both
@@ -313,6 +339,7 @@ def train(
         if state.batches_in_epoch:
             epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch)
         for batch in epoch_loader:
+            pending_failures.extend(batch.get("input_failures", ()))
             with accelerator.accumulate(model):
                 outputs = model(**model_inputs(batch))
                 accelerator.backward(outputs.loss)
@@ -342,6 +369,7 @@ def train(
                     accelerator.log(logs, step=state.global_step)
                 progress.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in logs.items() if "loss" in k})
             if args.checkpointing_steps and state.global_step % args.checkpointing_steps == 0:
+                merge_input_failures(accelerator, state, pending_failures)
                 save_checkpoint(accelerator, args, state)
             if state.global_step >= total_updates:
                 break
@@ -349,6 +377,13 @@ def train(
             state.epoch += 1
             state.batches_in_epoch = 0
     progress.close()
+    merge_input_failures(accelerator, state, pending_failures)
+    failures = state.extra["input_failures"]
+    if failures["count"]:
+        accelerator.print(
+            f"{failures['count']} inputs could not be read and were treated as missing "
+            f"{failures['by_modality']} (item ids in training_summary.json)"
+        )
     return state
 
 
