@@ -7,7 +7,8 @@ top-k. Scores are plain inner products of the embeddings as given (callers L2-no
 - `"torch"`: blocks of queries x blocks of gallery on the GPU when present (or CPU), merging the running
   top-k after each gallery block. Exact.
 - `"faiss"`: `faiss.IndexFlatIP` (exact, multi-threaded BLAS on CPU), or any prebuilt FAISS index the caller
-  passes (e.g. an IVF index for approximate search at larger scale).
+  passes: `build_faiss_index` makes an approximate one (IVF / HNSW / PQ) and `recall_at_k` measures it against
+  the exact search. Time, memory and recall at the paper's size: `train/benchmark_retrieval.py`.
 """
 
 from __future__ import annotations
@@ -84,6 +85,46 @@ def faiss_top_k(
     return np.concatenate(scores), np.concatenate(indices)
 
 
+def build_faiss_index(
+    gallery_embeds: np.ndarray | torch.Tensor,
+    index_factory: str,
+    train_size: int = 65536,
+    search_parameters: str | None = None,
+    add_chunk_size: int = 65536,
+    seed: int = 0,
+):
+    """
+    An inner-product FAISS index over `gallery_embeds` from a factory string: `"IVF1024,Flat"` (inverted
+    lists, exact vectors), `"IVF1024,SQ8"` (1 byte per dimension), `"IVF1024,PQ48"` (48 bytes per item),
+    `"HNSW32"` (graph). Trained on `train_size` random gallery rows (FAISS wants >= 39 per IVF list), filled
+    in chunks so that no second copy of the gallery is made; `search_parameters` (e.g. `"nprobe=32"` or
+    `"efSearch=128"`) trade speed for recall (see `recall_at_k`).
+    """
+    import faiss
+
+    gallery = _as_float32(gallery_embeds, "gallery_embeds")
+    index = faiss.index_factory(gallery.shape[1], index_factory, faiss.METRIC_INNER_PRODUCT)
+    if not index.is_trained:
+        rows = np.random.default_rng(seed).choice(len(gallery), min(train_size, len(gallery)), replace=False)
+        index.train(gallery[np.sort(rows)])
+    for start in range(0, len(gallery), add_chunk_size):
+        index.add(gallery[start : start + add_chunk_size])
+    if search_parameters:
+        faiss.ParameterSpace().set_index_parameters(index, search_parameters)
+    return index
+
+
+def recall_at_k(approximate_indices: np.ndarray, exact_indices: np.ndarray, k: int = 10) -> float:
+    """Share of each query's exact top-`k` gallery rows that the approximate top-`k` also returns, averaged
+    over queries (FAISS's "k-recall@k"; 1.0 = the approximate index changes no top-k list)."""
+    approximate, exact = np.asarray(approximate_indices)[:, :k], np.asarray(exact_indices)[:, :k]
+    if approximate.shape[0] != exact.shape[0]:
+        raise ValueError(f"{approximate.shape[0]} approximate result rows for {exact.shape[0]} queries")
+    valid = exact >= 0
+    found = ((approximate[:, :, None] == exact[:, None, :]) & valid[:, None, :]).any(axis=1).sum(axis=1)
+    return float(np.mean(found / np.maximum(valid.sum(axis=1), 1)))
+
+
 def top_k_search(
     query_embeds: np.ndarray | torch.Tensor,
     gallery_embeds: np.ndarray | torch.Tensor,
@@ -92,6 +133,7 @@ def top_k_search(
     device: str | torch.device | None = None,
     query_chunk_size: int | None = None,
     gallery_chunk_size: int = 65536,
+    index=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """
     The `k` gallery items of highest inner product for each query, best first.
@@ -99,6 +141,8 @@ def top_k_search(
     Args:
         backend: `"torch"` (chunked exact search on `device`), `"faiss"` (exact `IndexFlatIP` on CPU) or
             `"auto"` (torch on a GPU when one is present, FAISS otherwise).
+        index: a FAISS index over `gallery_embeds` (e.g. from `build_faiss_index`) to search instead of an
+            exact one; implies the FAISS back-end.
 
     Returns:
         `(scores, indices)`, both `(num_queries, min(k, num_gallery))`; indices are gallery row numbers.
@@ -113,6 +157,10 @@ def top_k_search(
         )
     if k < 1 or gallery.shape[0] == 0:
         raise ValueError(f"need k >= 1 and a non-empty gallery, got k={k}, gallery of {gallery.shape[0]}")
+    if index is not None:
+        if index.ntotal != gallery.shape[0]:
+            raise ValueError(f"the index holds {index.ntotal} items but the gallery has {gallery.shape[0]}")
+        return faiss_top_k(queries, None, k, index=index, query_chunk_size=query_chunk_size or 16384)
     if backend == "auto":
         on_gpu = (device is not None and torch.device(device).type == "cuda") or (
             device is None and torch.cuda.is_available()
