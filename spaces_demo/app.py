@@ -21,15 +21,11 @@ import pandas as pd
 from gallery_index import GalleryHit
 from matplotlib.figure import Figure
 from query_inputs import QueryError, build_query
+from scale_code import MODALITIES, REPO_ROOT, default_checkpoint, first_line, local_or_hub
 from search_engine import ProductSearchEngine, SearchResult, load_search_engine
-
-from modeling_scale import MODALITIES
-from modeling_scale.media_decoding_scale import first_line
 
 logger = logging.getLogger("scale_demo")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-HUB_MODEL_ID = "scale-m5product/scale"
 HUB_DATASET_ID = "scale-m5product/m5product-sample"
 """Where the release is published (README.md's `models:` / `datasets:`); used when no local run exists."""
 TABLE_HEADERS = ["property", "value"]
@@ -291,12 +287,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--checkpoint",
-        default=env("SCALE_CHECKPOINT") or _local_or_hub(REPO_ROOT / "outputs/pretrain", HUB_MODEL_ID),
+        default=env("SCALE_CHECKPOINT") or default_checkpoint(),
         help="model folder or Hub id, loaded with AutoModel/AutoProcessor (env SCALE_CHECKPOINT)",
     )
     parser.add_argument(
         "--dataset",
-        default=env("SCALE_DATASET") or _local_or_hub(REPO_ROOT / "outputs/m5product", HUB_DATASET_ID),
+        default=env("SCALE_DATASET") or local_or_hub(REPO_ROOT / "outputs/m5product", HUB_DATASET_ID),
         help="converted M5Product folder or Hub id (env SCALE_DATASET)",
     )
     parser.add_argument(
@@ -356,11 +352,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def _file_size(value: str) -> int | str:
     """Plain digits are bytes; anything else ("20mb", "1gb") is left to gradio's parser."""
     return int(value) if value.strip().isdigit() else value
-
-
-def _local_or_hub(local: Path, hub_id: str) -> str:
-    """The main job's output in a checkout where it ran, else the published copy (e.g. on a Space)."""
-    return str(local) if local.exists() else hub_id
 
 
 def _cuda_available() -> bool:

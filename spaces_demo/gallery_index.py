@@ -28,8 +28,7 @@ import numpy as np
 from datasets import Audio, Dataset, Video
 from datasets import Image as ImageFeature
 from PIL import Image, ImageDraw
-
-from modeling_scale import MODALITIES
+from scale_code import MODALITIES
 
 logger = logging.getLogger(__name__)
 

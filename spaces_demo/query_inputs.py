@@ -12,16 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
-
-from modeling_scale import MODALITIES
-from modeling_scale.media_decoding_scale import (
+from scale_code import (
+    MODALITIES,
     MediaDecodingError,
     first_line,
+    has_printable_character,
     load_audio,
     load_image,
     load_video_frames,
 )
-from modeling_scale.processing_scale import has_printable_character
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".avi")

@@ -13,9 +13,18 @@ import numpy as np
 import torch
 from gallery_index import GalleryHit, GalleryIndex, load_or_build_index
 from query_inputs import ProductQuery, QueryError
+from scale_code import MODALITIES
 
-from modeling_scale import MODALITIES
-from train.data import PROCESSOR_ARGUMENTS
+PROCESSOR_ARGUMENTS = {
+    "text": "text",
+    "table": "tables",
+    "image": "images",
+    "video": "videos",
+    "audio": "audio",
+}
+"""The processor keyword that takes each modality."""
+GALLERY_COLUMNS = {"text": "caption", "table": "table", "image": "image", "video": "video", "audio": "audio"}
+"""The converted dataset's column that holds each modality."""
 
 
 @dataclass
@@ -91,24 +100,40 @@ def load_search_engine(
     batch_size: int = 16,
     device: str = "cpu",
 ) -> ProductSearchEngine:
-    """Loads the checkpoint like any transformers model and the gallery like any dataset, then its index."""
+    """Loads the checkpoint like any transformers model, by the code it ships (`trust_remote_code`: the Space
+    has no SCALE package), and the gallery like any dataset, then its index."""
     from datasets import load_dataset
     from transformers import AutoModel, AutoProcessor
 
-    from train.embeddings import extract_embeddings
-
-    model = AutoModel.from_pretrained(str(checkpoint)).to(device).eval()
-    processor = AutoProcessor.from_pretrained(str(checkpoint))
+    model = AutoModel.from_pretrained(str(checkpoint), trust_remote_code=True).to(device).eval()
+    processor = AutoProcessor.from_pretrained(str(checkpoint), trust_remote_code=True)
     gallery = load_dataset(str(dataset), dataset_config, split=split)
 
     def embed_gallery(products):
-        return extract_embeddings(model, processor, products, batch_size=batch_size, device=device)[
-            "product_embeds"
-        ]
+        return embed_products(model, processor, products, batch_size=batch_size, device=device)
 
     faiss_device = _faiss_gpu(device)
     index = load_or_build_index(gallery, embed_gallery, checkpoint, index_root, index_factory, faiss_device)
     return ProductSearchEngine(model, processor, index)
+
+
+@torch.inference_mode()
+def embed_products(model, processor, products, batch_size: int = 16, device: str = "cpu") -> np.ndarray:
+    """(N, D) float32 L2-normalised `product_embeds` of converted M5Product rows (a `datasets.Dataset`), from
+    every modality each product has; an unreadable file counts as a missing modality. The same numbers as the
+    project's `train.embeddings.extract_embeddings`, which the Space cannot import."""
+    from tqdm.auto import tqdm
+
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
+    embeds = []
+    for start in tqdm(range(0, len(products), batch_size), desc="gallery embeddings"):
+        rows = products[start : start + batch_size]
+        inputs = {PROCESSOR_ARGUMENTS[m]: rows[c] for m, c in GALLERY_COLUMNS.items() if c in rows}
+        batch = processor(**inputs, return_tensors="pt", on_error="missing")
+        with autocast:
+            outputs = model(**{name: value.to(device) for name, value in batch.items()})
+        embeds.append(torch.nn.functional.normalize(outputs.product_embeds.float(), dim=-1).cpu())
+    return torch.cat(embeds).numpy() if embeds else np.zeros((0, 0), np.float32)
 
 
 def _faiss_gpu(device: str) -> int | None:

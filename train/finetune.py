@@ -20,7 +20,8 @@ from modeling_scale import MODALITIES, ScaleForProductClassification
 from train.components import DEFAULT_DATA_DIR, load_split
 from train.data import IndexedDataset, ScaleBatchCollator, check_modalities, only_columns_of
 from train.evaluation import classifier_accuracy
-from train.model_card import write_model_card
+from train.model_card import portable_reference, write_model_card
+from train.publish import add_hub_arguments, push_training_output
 from train.training_loop import add_training_arguments, make_accelerator, train
 
 
@@ -34,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--modalities", default=",".join(MODALITIES), help="comma-separated")
     parser.add_argument("--eval_batch_size", type=int, default=64)
     add_training_arguments(parser)
+    add_hub_arguments(parser)
     parser.set_defaults(num_epochs=3, learning_rate=5e-4, text_encoder_lr_scale=0.2, warmup_ratio=0.1)
     args = parser.parse_args(argv)
     args.modalities = check_modalities(args.modalities.split(","))
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             "updates": state.global_step,
             "products": len(train_split),
             "classes": len(label_names),
-            "pretrained": args.model_name_or_path,
+            "pretrained": portable_reference(args.model_name_or_path),
             "modalities": list(args.modalities),
             "seed": args.seed,
             "per_device_batch_size": args.per_device_batch_size,
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         with open(os.path.join(args.output_dir, "training_summary.json"), "w") as handle:
             json.dump(summary, handle, indent=1)
         write_model_card(args.output_dir, task="classification", training=summary)
+        if args.push_to_hub:
+            accelerator.print(f"pushed to https://huggingface.co/{push_training_output(args)}")
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the trackers and the process group
 

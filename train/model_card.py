@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData
 
@@ -11,6 +12,21 @@ TASK_TEXT = {
     "pretraining": "pretrained with SCALE's five masked tasks (MLM, MEM, MRP, MFP, MAM) and SIMCL",
     "classification": "fine-tuned for product category classification (`ScaleForProductClassification`)",
 }
+
+
+def portable_reference(value: str) -> str:
+    """How a summary or card may name a local path without recording the machine's layout: a folder inside an
+    installed package by its path within site-packages, a folder inside the working directory relative to it,
+    any other absolute path by its name. Relative paths, Hub ids and other strings stay as they are."""
+    if not os.path.isabs(value):
+        return value
+    path = Path(value)
+    if "site-packages" in path.parts:
+        return Path(*path.parts[path.parts.index("site-packages") + 1 :]).as_posix()
+    try:
+        return path.relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return path.name
 
 
 def write_model_card(
@@ -43,7 +59,8 @@ def write_model_card(
         f"from transformers import AutoProcessor, {auto_class}\n\n"
         f'model = {auto_class}.from_pretrained("{output_dir}", trust_remote_code=True)\n'
         f'processor = AutoProcessor.from_pretrained("{output_dir}", trust_remote_code=True)\n'
-        'inputs = processor(text=["red cotton dress"], tables=[[("材质", "纯棉")]], images=[image])\n'
+        'inputs = processor(text=["red cotton dress"], tables=[[("材质", "纯棉")]], images=[image],\n'
+        '                   return_tensors="pt")\n'
         "embeds = model(**inputs).product_embeds  # with AutoModel\n"
         "```",
     ]

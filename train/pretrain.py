@@ -32,7 +32,8 @@ from train.components import (
     parse_overrides,
 )
 from train.data import IndexedDataset, ScaleBatchCollator, check_modalities, only_columns_of
-from train.model_card import write_model_card
+from train.model_card import portable_reference, write_model_card
+from train.publish import add_hub_arguments, push_training_output
 from train.training_loop import add_training_arguments, make_accelerator, train
 from train.vocabulary import extend_vocabulary, trim_vocabulary
 
@@ -78,6 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated modalities to pretrain on (default: all five)",
     )
     add_training_arguments(parser)
+    add_hub_arguments(parser)
     args = parser.parse_args(argv)
     args.modalities = check_modalities(args.modalities.split(","))
     if args.text_encoder in (None, "none") and args.tokenizer is None:
@@ -188,9 +190,9 @@ def main(argv: list[str] | None = None) -> None:
             "epochs_started": state.epoch + 1,
             "products": len(dataset),
             "modalities": list(args.modalities),
-            "model_config": args.model_config,
+            "model_config": portable_reference(args.model_config),
             "config_overrides": args.config_overrides,
-            "text_encoder": args.text_encoder,
+            "text_encoder": args.text_encoder and portable_reference(args.text_encoder),
             "added_characters": added_characters,
             "vocabulary": len(tokenizer),
             "seed": args.seed,
@@ -203,6 +205,8 @@ def main(argv: list[str] | None = None) -> None:
         with open(os.path.join(args.output_dir, "training_summary.json"), "w") as handle:
             json.dump(summary, handle, indent=1)
         write_model_card(args.output_dir, task="pretraining", training=summary)
+        if args.push_to_hub:
+            accelerator.print(f"pushed to https://huggingface.co/{push_training_output(args)}")
     accelerator.wait_for_everyone()
     accelerator.end_training()  # closes the trackers and the process group
 
