@@ -3,8 +3,8 @@
     python spaces_demo/load_test.py --url http://127.0.0.1:7860/ --clients 20 --queries 10 --image a.jpg
 
 Loopback only, on purpose: it is for measuring your own local server, never for loading a public Space.
-Prints one JSON report (answered and failed counts, client-side median and p95 latency, throughput) and
-exits non-zero when a query went unanswered.
+Prints one JSON report (answered, failed and wrong counts, client-side median and p95 latency, throughput)
+and exits non-zero when a query went unanswered or got an answer other than a lone client gets.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class LoadReport:
     queries_per_client: int
     answered: int = 0
     failed: int = 0
+    wrong: int = 0
+    """Answers that differ from what a lone client got for the same query (e.g. another client's results)."""
     wall_s: float = 0.0
     median_ms: float | None = None
     p95_ms: float | None = None
@@ -74,7 +76,9 @@ def run_load_test(
     """Every client has its own connection and sends its queries one after another, all clients at once.
 
     Queries alternate between caption-only and caption + image (when `images` are given), so both the text
-    and the image paths of the model are under load.
+    and the image paths of the model are under load. Each distinct query is first sent by a lone client;
+    under load, every answer must be exactly that one (same ranked products and scores), or it counts as
+    `wrong`.
     """
     from gradio_client import Client, handle_file
 
@@ -86,17 +90,32 @@ def run_load_test(
     # the search's, as a browser sees it before it fetches the pictures
     connections = [Client(url, verbose=False, download_files=False) for _ in range(clients)]
 
+    def query_of(number: int, position: int) -> tuple[str, str | None]:
+        caption = CAPTIONS[(number + position) % len(CAPTIONS)]
+        image = images[(number + position) % len(images)] if images and position % 2 else None
+        return caption, image
+
+    def ask(client, caption: str, image: str | None) -> list[list]:
+        """The ranked (rank, score, item id) rows of one search."""
+        _, details, _, _ = client.predict(
+            caption, None, handle_file(image) if image else None, None, None,
+            ["text", "image"], k, api_name="/search",
+        )  # fmt: skip
+        return [row[:3] for row in details["data"]]
+
+    expected = {}
+    for number, position in itertools.product(range(clients), range(queries_per_client)):
+        query = query_of(number, position)
+        if query not in expected:
+            expected[query] = ask(connections[0], *query)
+
     def one_client(number: int) -> None:
         client = connections[number]
-        queries = itertools.islice(itertools.cycle(CAPTIONS), number, number + queries_per_client)
-        for position, caption in enumerate(queries):
-            image = images[(number + position) % len(images)] if images and position % 2 else None
+        for position in range(queries_per_client):
+            query = query_of(number, position)
             began = time.perf_counter()
             try:
-                client.predict(
-                    caption, None, handle_file(image) if image else None, None, None,
-                    ["text", "image"], k, api_name="/search",
-                )  # fmt: skip
+                answer = ask(client, *query)
             except Exception as error:  # counted, reported, and the other queries go on
                 with lock:
                     report.failed += 1
@@ -108,6 +127,10 @@ def run_load_test(
             with lock:
                 latencies.append(1000 * (time.perf_counter() - began))
                 report.answered += 1
+                if answer != expected[query]:
+                    report.wrong += 1
+                    if len(report.errors) < 5:
+                        report.errors.append(f"client {number} query {position}: not the answer to {query}")
 
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=clients) as pool:
@@ -134,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = run_load_test(args.url, args.clients, args.queries, args.image, args.k)
     print(json.dumps(asdict(report), indent=1, ensure_ascii=False))
-    return 0 if report.failed == 0 else 1
+    return 0 if report.failed == 0 and report.wrong == 0 else 1
 
 
 if __name__ == "__main__":

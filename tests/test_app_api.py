@@ -164,5 +164,17 @@ def test_oversized_upload_is_refused(client, bad_files):
         search(client, audio=handle_file(str(bad_files["huge.wav"])))
 
 
+def test_the_server_itself_refuses_an_oversized_upload(server, bad_files):
+    """gradio_client refuses first (above); a client that skips that check meets the server's own limit."""
+    import httpx
+
+    upload = server.url + "gradio_api/upload"
+    with open(bad_files["huge.wav"], "rb") as handle:
+        refused = httpx.post(upload, files={"files": ("huge.wav", handle, "audio/wav")}, timeout=60)
+    assert refused.status_code == 413, refused.text
+    accepted = httpx.post(upload, files={"files": ("small.wav", b"RIFF small", "audio/wav")}, timeout=60)
+    assert accepted.status_code == 200, accepted.text  # the same route takes a file under the limit
+
+
 def test_app_keeps_serving_after_bad_input(client, query_inputs):
     check_results(search(client, text=query_inputs["text"]), K, ["text"])

@@ -280,3 +280,36 @@ def test_datasets_map_then_collate(processor):
     assert batch["modality_mask"].tolist() == [[1, 1, 0, 0, 0], [0, 0, 0, 0, 1], [1, 1, 0, 0, 0]]
     assert batch["input_ids"].dtype == torch.long and batch["audio_features"].dtype == torch.float32
     assert batch["audio_mask"].sum(1).tolist() == [0, 32, 0]
+
+
+def test_mem_draws_the_80_10_10_action_once_per_entity(processor):
+    """A masked entity is all [MASK], all random tokens or all kept: the action is drawn per entity."""
+    tokenizer = processor.tokenizer
+    rows, entities_per_row, tokens_per_entity = 64, 12, 4
+    shape = (rows, entities_per_row * tokens_per_entity)
+    ids = torch.randint(1000, 20000, shape, generator=torch.Generator().manual_seed(0))
+    entities = torch.arange(1, entities_per_row + 1).repeat_interleave(tokens_per_entity).repeat(rows, 1)
+    features = {
+        "table_input_ids": ids,
+        "table_attention_mask": torch.ones_like(ids),
+        "table_entity_ids": entities,
+        "modality_mask": torch.tensor([[0, 1, 0, 0, 0]]).repeat(rows, 1),
+    }
+    batch = DataCollatorForScalePretraining(processor, config=CONFIG, mask_probability=0.5, seed=3)(features)
+    masked = batch["table_labels"] != -100
+    new = batch["table_input_ids"]
+    actions = {"mask": 0, "random": 0, "keep": 0}
+    for row in range(rows):
+        for entity in range(1, entities_per_row + 1):
+            span = entities[row] == entity
+            if not masked[row][span].any():
+                continue
+            is_mask = new[row][span] == tokenizer.mask_token_id
+            is_kept = new[row][span] == ids[row][span]
+            assert is_mask.all() or not is_mask.any(), (row, entity, new[row][span], ids[row][span])
+            assert is_kept.all() or not is_kept.any(), (row, entity, new[row][span], ids[row][span])
+            actions["mask" if is_mask.all() else "keep" if is_kept.all() else "random"] += 1
+    total = sum(actions.values())
+    assert total > 300
+    assert abs(actions["mask"] / total - 0.8) < 0.06
+    assert actions["random"] > 0.04 * total and actions["keep"] > 0.04 * total

@@ -242,7 +242,9 @@ def test_bad_data_is_reported_and_nothing_valid_is_dropped(broken, tmp_path, cap
     assert list(_load(out_dir, "classification", tmp_path)) == ["train"]
 
 
-def test_rerun_after_a_changed_split_file_rewrites_the_shards_whose_ids_changed(tiny_raw, converted, tmp_path):
+def test_rerun_after_a_changed_split_file_rewrites_the_shards_whose_ids_changed(
+    tiny_raw, converted, tmp_path
+):
     """Two ids trade places across shards 0 and 1 of a split: same row counts, other ids. Those two shards
     must be rewritten (the manifest's ids digest no longer matches), the others kept."""
     raw_dir, out_dir = str(tmp_path / "raw"), str(tmp_path / "out")

@@ -303,6 +303,41 @@ print(sorted(out), out["modality_mask"].tolist(), tuple(out["pixel_values"].shap
     assert "[[1, 0, 1, 0, 1]] (1, 3, 32, 32)" in result.stdout
 
 
+@pytest.mark.slow
+def test_remote_code_processor_gives_the_local_values(processor, media, tmp_path):
+    """The processor a Hub user gets through trust_remote_code computes the very values of the local one."""
+    processor.save_pretrained(tmp_path / "saved")
+    inputs = {
+        "text": ["red dress", None],
+        "tables": ["颜色#:#红色", None],
+        "images": [str(media["jpeg"]), None],
+        "videos": [str(media["mp4"]), None],
+        "audio": [str(media["wav"]), str(media["wav"])],
+        "return_tensors": "pt",
+    }
+    script = f"""
+import sys
+sys.modules["modeling_scale"] = None  # as on a machine without our package
+import torch
+from transformers import AutoProcessor
+processor = AutoProcessor.from_pretrained({str(tmp_path / "saved")!r}, trust_remote_code=True)
+assert "modeling_scale" not in type(processor).__module__
+torch.save(dict(processor(**{inputs!r})), {str(tmp_path / "remote.pt")!r})
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    remote, local = torch.load(tmp_path / "remote.pt"), processor(**inputs)
+    assert set(remote) == set(local)
+    for key in local:
+        torch.testing.assert_close(remote[key], local[key], rtol=0, atol=0, msg=key)
+
+
 def test_modality_mask_order_is_the_shared_one(processor):
     assert MODALITIES == ("text", "table", "image", "video", "audio")
     out = processor(text=[None], videos=[np.zeros((2, 8, 8, 3), np.uint8)])

@@ -123,3 +123,33 @@ def test_kill_and_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path_fact
     # and training did change the weights: the checkpoint at update 3 differs from the end
     middle = load_file(Path(checkpoints[0]) / "model.safetensors")
     assert any(not torch.equal(middle[name], full_weights[name]) for name in middle)
+
+
+def test_logged_scalars_are_window_means_per_name():
+    from accelerate import Accelerator
+
+    from train.training_loop import _Window
+
+    window = _Window()
+    for value in (1.0, 2.0, 6.0):
+        window.add("train/loss", torch.tensor(value))
+    window.add("alignment/text-image", torch.tensor(0.5))  # seen in one batch of the window only
+    assert window.pop(Accelerator(cpu=True)) == {"train/loss": 3.0, "alignment/text-image": 0.5}
+    window.add("train/loss", torch.tensor(4.0))
+    assert window.pop(Accelerator(cpu=True)) == {"train/loss": 4.0}  # a new window starts empty
+
+
+def test_save_checkpoint_keeps_only_the_newest_limit(tmp_path):
+    from argparse import Namespace
+
+    from accelerate import Accelerator
+
+    from train.training_loop import save_checkpoint
+
+    args = Namespace(output_dir=str(tmp_path), checkpoints_total_limit=2)
+    accelerator = Accelerator(cpu=True)
+    for step in (1, 2, 3, 4):
+        save_checkpoint(accelerator, args, TrainingState(global_step=step))
+    assert [Path(c).name for c in checkpoint_dirs(str(tmp_path))] == ["step_3", "step_4"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_3", "step_4"]
+    assert TrainingState.load(checkpoint_dirs(str(tmp_path))[-1]).global_step == 4
