@@ -22,10 +22,12 @@ from modeling_scale.modeling_scale import MODEL_INPUT_NAMES
 PAPER_INPUT_SIZES = {"text": 36, "table": 64, "regions": 36, "frames": 12, "audio_frames": 750}
 
 
-def paper_sized_batch(config: ScaleConfig, batch_size: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A synthetic batch with every modality at the paper's sizes, ~15 % of each modality's tokens masked."""
+def paper_sized_batch(
+    config: ScaleConfig, batch_size: int, seed: int = 0, sizes: dict[str, int] = PAPER_INPUT_SIZES
+) -> dict[str, torch.Tensor]:
+    """A synthetic batch with every modality at the paper's sizes (or `sizes`, same keys), ~15 % of each
+    modality's tokens masked."""
     g = torch.Generator().manual_seed(seed)
-    sizes = PAPER_INPUT_SIZES
     audio_tokens = -(-sizes["audio_frames"] // config.audio_subsampling)
 
     def masked(*shape: int) -> torch.Tensor:
@@ -58,9 +60,8 @@ def paper_sized_batch(config: ScaleConfig, batch_size: int, seed: int = 0) -> di
     return batch
 
 
-def fusion_tokens(config: ScaleConfig) -> int:
+def fusion_tokens(config: ScaleConfig, sizes: dict[str, int] = PAPER_INPUT_SIZES) -> int:
     """JCT sequence length of a paper-sized sample (the model adds a CLS to image, video and audio)."""
-    sizes = PAPER_INPUT_SIZES
     audio_tokens = -(-sizes["audio_frames"] // config.audio_subsampling)
     return sizes["text"] + sizes["table"] + 1 + sizes["regions"] + 1 + sizes["frames"] + 1 + audio_tokens
 

@@ -1,0 +1,25 @@
+"""The benchmarks run end to end on a tiny configuration (CPU); their speed targets live in their output."""
+
+import math
+
+import pytest
+
+from train.benchmark_training import run_benchmark
+
+
+@pytest.mark.slow
+def test_training_benchmark_runs_tiny_preset_on_cpu():
+    result = run_benchmark(
+        preset="tiny", batch_size=2, embedding_batch_size=4, steps=2, warmup=1, device="cpu", peak=1.0
+    )
+    assert result["attention"] == "sdpa" and result["precision"] == "float32"
+    assert result["train_gflops_per_sample"] > 0 and result["embedding_gflops_per_product"] > 0
+    # a training step costs more than a forward pass of the base model (backward, heads)
+    assert result["train_gflops_per_sample"] > 2 * result["embedding_gflops_per_product"]
+    assert result["train_samples_per_second"] > 0 and result["embedding_products_per_second"] > 0
+    assert result["fusion_tokens_per_sample"] == 24 + 32 + 1 + 8 + 1 + 4 + 1 + 8  # CLS for image/video/audio
+    assert result["train_tokens_per_second"] == pytest.approx(
+        result["train_samples_per_second"] * result["fusion_tokens_per_sample"]
+    )
+    assert result["mfu"] == pytest.approx(result["train_tflops_achieved"] / 1.0)
+    assert math.isfinite(result["train_tflops_achieved"])
