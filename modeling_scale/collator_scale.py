@@ -76,6 +76,18 @@ def _pad_stack(rows: list[torch.Tensor | None], side: str = "right", value: floa
     return output
 
 
+def draw_modality_subset(
+    present: torch.Tensor, keep_probability: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B, M) bool: each present modality kept with `keep_probability`; the present modality that drew the
+    lowest number always stays, so a product keeps at least one of the modalities it has."""
+    present = present.bool()
+    draws = torch.rand(present.shape, generator=generator)
+    keep = present & (draws < keep_probability)
+    first = torch.where(present, draws, 2.0).argmin(dim=-1)
+    return keep | (torch.nn.functional.one_hot(first, present.shape[1]).bool() & present)
+
+
 class DataCollatorForScalePretraining:
     r"""
     Builds SCALE pretraining batches: pads / stacks the processor's per-sample features, then masks
@@ -89,11 +101,14 @@ class DataCollatorForScalePretraining:
     - MRP / MFP / MAM: image patches (pixel path, row-major) or regions (feature path), video frames, and
       groups of `audio_subsampling` audio frames. `masked_{image,video,audio}_positions` (B, N) marks them,
       the input is zeroed there, and `{image,video,audio}_targets` keeps an unmasked copy of the input.
+    - `subset_modality_mask` (B, 5): a random subset of each product's modalities (each kept with
+      `subset_keep_probability`, at least one), the second view of the subset-consistency loss.
 
     Args:
         processor_or_tokenizer: a [`ScaleProcessor`] or its tokenizer (pads token fields, gives [MASK]).
         config: a [`ScaleConfig`] giving `mask_probability`, `patch_size` and `audio_subsampling`.
-        mask_probability, patch_size, audio_subsampling: explicit values (override the config).
+        mask_probability, patch_size, audio_subsampling, subset_keep_probability: explicit values (override
+            the config).
         generator: a seeded `torch.Generator` makes the masks deterministic; `seed` creates one.
     """
 
@@ -104,6 +119,7 @@ class DataCollatorForScalePretraining:
         mask_probability: float | None = None,
         patch_size: int | None = None,
         audio_subsampling: int | None = None,
+        subset_keep_probability: float | None = None,
         generator: torch.Generator | None = None,
         seed: int | None = None,
     ):
@@ -113,6 +129,9 @@ class DataCollatorForScalePretraining:
         self.patch_size = defaults.patch_size if patch_size is None else patch_size
         self.audio_subsampling = (
             defaults.audio_subsampling if audio_subsampling is None else audio_subsampling
+        )
+        self.subset_keep_probability = (
+            defaults.subset_keep_probability if subset_keep_probability is None else subset_keep_probability
         )
         if not 0.0 < self.mask_probability < 1.0:
             raise ValueError(f"mask_probability must lie in (0, 1), got {self.mask_probability}")
@@ -286,6 +305,9 @@ class DataCollatorForScalePretraining:
             self._mask_video(batch, present[:, MODALITIES.index("video")])
         if "audio_features" in batch:
             self._mask_audio(batch, present[:, MODALITIES.index("audio")])
+        batch["subset_modality_mask"] = draw_modality_subset(
+            present, self.subset_keep_probability, self.generator
+        ).long()
         return batch
 
 

@@ -24,6 +24,9 @@ class ScaleConfig(PreTrainedConfig):
         attention_probs_dropout_prob, layer_norm_eps, initializer_range: BERT-style transformer settings,
             shared by every encoder and the JCT.
         num_encoder_layers: layers of each single-modality encoder.
+        num_text_encoder_layers: layers of the caption encoder (default: `num_encoder_layers`). A BERT
+            initialisation keeps what it knows only when all of its layers are kept (the sample preset uses
+            all 6 of MiniLM-L6 and 2 layers for the other modalities).
         num_fusion_layers: layers of the Joint Co-Transformer over the concatenated tokens.
         max_text_length: caption tokens (36 in the paper).
         max_table_length: serialised table tokens (64 in the paper).
@@ -52,6 +55,13 @@ class ScaleConfig(PreTrainedConfig):
         use_simcl: weight the losses by S (Eq. 3); `False` gives plain unweighted contrastive + masked losses,
             the ablation of the paper.
         mask_probability: masking rate of every pretext task (MLM, MEM, MRP, MFP, MAM).
+        subset_loss_weight: weight of the subset-consistency term of pretraining (0 switches it off): each
+            product is fused a second time from a random subset of its modalities, and an InfoNCE over the
+            batch pulls that `product_embeds` to the same product's full one (and away from other
+            products'), so a query holding some modalities finds products by content, not by which
+            modalities they have.
+        subset_keep_probability: chance that each present modality stays in the subset view (at least one
+            always stays).
     """
 
     model_type = "scale"
@@ -64,6 +74,7 @@ class ScaleConfig(PreTrainedConfig):
         intermediate_size: int = 3072,
         num_encoder_layers: int = 6,
         num_fusion_layers: int = 6,
+        num_text_encoder_layers: int | None = None,
         hidden_act: str = "gelu",
         hidden_dropout_prob: float = 0.1,
         attention_probs_dropout_prob: float = 0.1,
@@ -89,6 +100,8 @@ class ScaleConfig(PreTrainedConfig):
         contrastive_denominator: str = "negatives",
         use_simcl: bool = True,
         mask_probability: float = 0.15,
+        subset_loss_weight: float = 1.0,
+        subset_keep_probability: float = 0.5,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -97,6 +110,7 @@ class ScaleConfig(PreTrainedConfig):
         self.intermediate_size = intermediate_size
         self.num_encoder_layers = num_encoder_layers
         self.num_fusion_layers = num_fusion_layers
+        self.num_text_encoder_layers = num_text_encoder_layers or num_encoder_layers
         self.hidden_act = hidden_act
         self.hidden_dropout_prob = hidden_dropout_prob
         self.attention_probs_dropout_prob = attention_probs_dropout_prob
@@ -121,6 +135,8 @@ class ScaleConfig(PreTrainedConfig):
         self.contrastive_denominator = contrastive_denominator
         self.use_simcl = use_simcl
         self.mask_probability = mask_probability
+        self.subset_loss_weight = subset_loss_weight
+        self.subset_keep_probability = subset_keep_probability
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self._check_consistency()
 
@@ -155,11 +171,16 @@ class ScaleConfig(PreTrainedConfig):
             )
         if not 0.0 < self.mask_probability < 1.0:
             problems.append(f"mask_probability must lie in (0, 1), got {self.mask_probability}")
+        if not 0.0 < self.subset_keep_probability <= 1.0:
+            problems.append(f"subset_keep_probability must lie in (0, 1], got {self.subset_keep_probability}")
+        if self.subset_loss_weight < 0:
+            problems.append(f"subset_loss_weight must be >= 0, got {self.subset_loss_weight}")
         if self.temperature <= 0:
             problems.append(f"temperature must be positive, got {self.temperature}")
         for name in (
             "num_encoder_layers",
             "num_fusion_layers",
+            "num_text_encoder_layers",
             "max_text_length",
             "max_table_length",
             "max_image_regions",
