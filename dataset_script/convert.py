@@ -358,11 +358,13 @@ def convert(
     row_group_bytes: int = 64 << 20,
     max_items_in_memory: int = 1_000_000,
     reading: MediaReading | None = None,
+    write_summary: bool = True,
 ) -> dict:
     """Convert RAW_DIR into OUT_DIR (resumable); return the summary, or progress when shards are missing.
 
     `reading` says how much of each media file training reads (frames per second and count, audio seconds);
-    the media check decodes that much (default: the processor's defaults).
+    the media check decodes that much (default: the processor's defaults). `write_summary=False` writes
+    shards only, for an engine that runs one summary step after all of them (`convert_datatrove`).
     """
     from tqdm.auto import tqdm
 
@@ -405,6 +407,8 @@ def convert(
     progress.close()
     seconds = time.perf_counter() - start
 
+    if not write_summary:
+        return {"complete": None, "rows_written": written, "seconds": seconds}
     complete = [read_manifest_record(out_dir, spec) for spec in shards]
     if any(record is None for record in complete):
         missing = sum(record is None for record in complete)

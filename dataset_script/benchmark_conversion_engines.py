@@ -1,0 +1,73 @@
+"""Today's converter (`convert`, a multiprocessing pool) against datatrove's local executor, in one run.
+
+    python -m dataset_script.benchmark_conversion_engines RAW_DIR --num-proc 2 --repeats 2
+
+Both convert RAW_DIR into fresh temporary folders with the same number of processes, alternately
+(`--repeats` times each, so a change in the machine's load hits both alike); the figure is rows/s (wall
+clock) of the best run of each, and the ratio datatrove / pool. datatrove runs `--tasks-per-worker` tasks
+per worker (more tasks balance the load; each parses the annotation file for its own ids).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+from .convert import SUMMARY_FILE, convert
+from .convert_datatrove import convert_with_datatrove
+
+
+def _rows(out_dir: str) -> int:
+    with open(os.path.join(out_dir, SUMMARY_FILE), encoding="utf-8") as handle:
+        return sum(split["num_rows"] for split in json.load(handle)["splits"].values())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("raw_dir")
+    parser.add_argument("--num-proc", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--tasks-per-worker", type=int, default=4)
+    parser.add_argument("--items-per-shard", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    engines = {
+        "pool (convert)": lambda out: convert(
+            args.raw_dir, out, num_proc=args.num_proc, items_per_shard=args.items_per_shard
+        ),
+        "datatrove local": lambda out: convert_with_datatrove(
+            args.raw_dir,
+            out,
+            tasks=args.tasks_per_worker * args.num_proc,
+            workers=args.num_proc,
+            items_per_shard=args.items_per_shard,
+        ),
+    }
+    seconds = {name: [] for name in engines}
+    rows = {}
+    for _ in range(args.repeats):
+        for name, run in engines.items():
+            with tempfile.TemporaryDirectory() as out_dir:
+                start = time.perf_counter()
+                run(out_dir)
+                seconds[name].append(time.perf_counter() - start)
+                rows[name] = _rows(out_dir)
+    if len(set(rows.values())) != 1:
+        raise RuntimeError(f"the engines wrote different row counts: {rows}")
+    rates = {name: rows[name] / min(times) for name, times in seconds.items()}
+    print(
+        f"conversion of {args.raw_dir} ({next(iter(rows.values())):,} rows), {args.num_proc} processes, "
+        f"load average {os.getloadavg()[0]:.1f}, best of {args.repeats}:"
+    )
+    for name, rate in rates.items():
+        runs = ", ".join(f"{value:.1f}" for value in seconds[name])
+        print(f"  {name:<16} {rate:8.1f} rows/s  (runs: {runs} s)")
+    print(f"  datatrove / pool: {rates['datatrove local'] / rates['pool (convert)']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
