@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import load_dataset
-from tiny_m5product import trained_tiny_models
+from tiny_m5product import minilm_path, trained_tiny_models
 from transformers import AutoModel, AutoProcessor
 
 from train.embeddings import extract_embeddings
@@ -49,6 +49,8 @@ def test_evaluate_writes_the_papers_tables_plots_and_cards(tmp_path_factory, tmp
         no_plots=False,
         no_model_card=False,
         features="fused",
+        text_encoder=minilm_path(),
+        no_baselines=False,
     )
     results = evaluate(args)
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -62,10 +64,24 @@ def test_evaluate_writes_the_papers_tables_plots_and_cards(tmp_path_factory, tmp
         assert 0 <= pretrained_row["linear_probe_accuracy"] <= 100
         assert set(pretrained_row["clustering"]) == {"NMI", "Purity"}
         assert 0 <= finetuned_row["accuracy"] <= 100
+    assert set(saved["baselines"]) == {
+        "frozen text encoder (T)",
+        *(f"SCALE {modality} feature" for modality in ("text", "table", "image", "video", "audio")),
+        "random",
+    }
+    for row in saved["baselines"].values():
+        assert set(row) == {"coarse", "fine", "linear_probe_accuracy", "clustering"}
+    for features in ("pretrained", "finetuned"):
+        assert set(saved["cross_subset"][features]) == {"T", "I", "T+I", "T+I+Tab"}
+        text_only = saved["cross_subset"][features]["T"]
+        assert text_only["cross"]["num_queries"] == saved["split_sizes"]["retrieval_coarse/query"]
+        assert 0 <= text_only["modality_set"]["top_share"] <= 100
     queries = load_dataset(str(data_dir), "retrieval_coarse", split="query")
     assert saved["split_sizes"]["retrieval_coarse/query"] == len(queries)
     markdown = (tmp_path / "results.md").read_text()
     assert markdown == format_tables(results)
+    assert "**Baselines**" in markdown and "**Cross-subset retrieval**" in markdown
+    assert "| frozen text encoder (T) |" in markdown
     assert "**Table 3**" in markdown and "| +I |" in markdown and "**Table 5**" in markdown
     assert (tmp_path / "tsne.png").stat().st_size > 1000
     assert (tmp_path / "alignment_matrix.png").stat().st_size > 1000

@@ -11,7 +11,12 @@ GPU when present) and give:
   same product instance = match): mAP@1/5/10, Prec@1/5/10 (train/metrics.py; the authors' definitions);
 - classification accuracy: a linear probe (scikit-learn LogisticRegression on frozen pretrained
   `product_embeds`, `classification` train -> test) and, with `--finetuned_dir`, the fine-tuned classifier;
-- k-means clustering (k = number of classes) of the `classification` test embeddings: NMI and Purity.
+- k-means clustering (k = number of classes) of the `classification` test embeddings: NMI and Purity;
+- baselines scored by the same code (train/baselines.py): the frozen text encoder SCALE starts from
+  (mean-pooled), SCALE's own per-modality contrastive features, random vectors;
+- cross-subset retrieval, the way search is used: coarse queries embedded from T, I, T+I or T+I+Tab against
+  the gallery embedded from every modality it has, beside the like-for-like score (gallery embedded from the
+  same modalities), and how much the top 10 favour items holding exactly the query's modalities.
 
 Writes OUTPUT_DIR/results.json, OUTPUT_DIR/results.md (tables in the paper's layout), the t-SNE of Fig. 6
 (tsne.png) and a heat map of SIMCL's mean alignment matrix S (alignment_matrix.png), and adds the tables to
@@ -31,10 +36,17 @@ import numpy as np
 import torch
 
 from modeling_scale import MODALITIES
-from train.components import DEFAULT_DATA_DIR, load_split
+from train.baselines import random_embeddings, text_encoder_embeddings
+from train.components import DEFAULT_DATA_DIR, default_text_encoder, load_split
 from train.data import check_modalities
 from train.embeddings import default_device, extract_embeddings
-from train.metrics import clustering_metrics, linear_probe_accuracy, retrieval_metrics
+from train.metrics import (
+    clustering_metrics,
+    linear_probe_accuracy,
+    modality_set_share,
+    ranked_gallery,
+    retrieval_metrics,
+)
 from train.model_card import write_model_card
 
 SHORT_NAMES = {"text": "T", "table": "Tab", "image": "I", "video": "V", "audio": "A"}
@@ -65,6 +77,9 @@ COMBINATION_SETS = {
     "table4": TABLE3 + tuple(c for c in TABLE4 if set(c) not in [set(t) for t in TABLE3]),
 }
 RETRIEVAL_COLUMNS = ("mAP@1", "mAP@5", "mAP@10", "Prec@1", "Prec@5", "Prec@10")
+CROSS_SUBSET_QUERIES = (("text",), ("image",), ("text", "image"), ("text", "image", "table"))
+"""Query modality sets of the cross-subset table (a caption, a photo, both, both with the table)."""
+COARSE_SPLITS = (("retrieval_coarse", "query"), ("retrieval_coarse", "gallery"))
 
 
 def combination_name(modalities: Sequence[str]) -> str:
@@ -118,16 +133,20 @@ class SplitEmbeddings:
             num_workers=args.num_workers,
             normalize=False,
         )
-        row_of = {item_id: row for row, item_id in enumerate(result["item_ids"])}
-        per_split = {}
-        for key in splits:
-            ids = self.ids[key]
-            rows = np.array([row_of[item_id] for item_id in ids], dtype=np.int64)
-            per_split[key] = {
-                name: result[name][rows]
+        rows = self.rows_by_split(result["item_ids"], splits)
+        return {
+            key: {
+                name: result[name][rows[key]]
                 for name in ("product_embeds", "modality_embeds", "alignment_scores", "modality_mask")
             }
-        return per_split
+            for key in splits
+        }
+
+    def rows_by_split(self, item_ids: Sequence[str], splits=None) -> dict[tuple[str, str], np.ndarray]:
+        """For each split, the positions in `item_ids` of its items, in the split's order."""
+        row_of = {item_id: row for row, item_id in enumerate(item_ids)}
+        splits = list(self.splits) if splits is None else list(splits)
+        return {key: np.array([row_of[i] for i in self.ids[key]], dtype=np.int64) for key in splits}
 
 
 def _normalised(embeds: np.ndarray) -> np.ndarray:
@@ -149,15 +168,15 @@ def features_of(split: dict, kind: str) -> np.ndarray:
     return simcl_features(split["modality_embeds"], split["modality_mask"])
 
 
-def retrieval_scores(
-    data: SplitEmbeddings, embeds: dict, config: str, label_of: str, backend: str, features: str = "fused"
-) -> dict:
+def retrieval_scores(data: SplitEmbeddings, features: dict, config: str, label_of: str, backend: str) -> dict:
+    """The paper's retrieval metrics of `config`'s queries against its gallery; `features` maps a split key to
+    its (N, D) features."""
     query, gallery = (config, "query"), (config, "gallery")
     labels = data.labels if label_of == "label" else data.instances
     return retrieval_metrics(
-        _normalised(features_of(embeds[query], features)),
+        _normalised(features[query]),
         labels[query],
-        _normalised(features_of(embeds[gallery], features)),
+        _normalised(features[gallery]),
         labels[gallery],
         query_ids=data.ids[query],
         gallery_ids=data.ids[gallery],
@@ -165,20 +184,97 @@ def retrieval_scores(
     )
 
 
-def evaluate_pretrained(model, processor, data: SplitEmbeddings, combination, args) -> tuple[dict, dict]:
-    embeds = data.embed(model, processor, combination, args)
+def downstream_scores(data: SplitEmbeddings, features: dict, args) -> dict:
+    """Coarse and fine retrieval, linear probe and k-means of one kind of frozen features (split key ->
+    (N, D) array): the same code scores SCALE and every baseline."""
     train_key, test_key = ("classification", "train"), ("classification", "test")
     train_known, test_known = data.labels[train_key] >= 0, data.labels[test_key] >= 0
-    train_x = _normalised(features_of(embeds[train_key], args.features))[train_known]
-    test_x = _normalised(features_of(embeds[test_key], args.features))[test_known]
+    train_x = _normalised(features[train_key])[train_known]
+    test_x = _normalised(features[test_key])[test_known]
     train_y, test_y = data.labels[train_key][train_known], data.labels[test_key][test_known]
-    scores = {
-        "coarse": retrieval_scores(data, embeds, "retrieval_coarse", "label", args.backend, args.features),
-        "fine": retrieval_scores(data, embeds, "retrieval_fine", "instance", args.backend, args.features),
+    return {
+        "coarse": retrieval_scores(data, features, "retrieval_coarse", "label", args.backend),
+        "fine": retrieval_scores(data, features, "retrieval_fine", "instance", args.backend),
         "linear_probe_accuracy": linear_probe_accuracy(train_x, train_y, test_x, test_y),
         "clustering": clustering_metrics(test_x, test_y, seed=args.seed),
     }
-    return scores, embeds
+
+
+def evaluate_pretrained(model, processor, data: SplitEmbeddings, combination, args) -> tuple[dict, dict]:
+    embeds = data.embed(model, processor, combination, args)
+    features = {key: features_of(split, args.features) for key, split in embeds.items()}
+    return downstream_scores(data, features, args), embeds
+
+
+def baseline_scores(data: SplitEmbeddings, full_embeds: dict, max_text_length: int, args) -> dict[str, dict]:
+    """`downstream_scores` of the frozen text encoder (`args.text_encoder`), of SCALE's per-modality
+    contrastive features (from the all-modality extraction `full_embeds`) and of random vectors."""
+    rows = {}
+    if args.text_encoder not in (None, "none"):
+        frozen = text_encoder_embeddings(
+            args.text_encoder, data.items["caption"], max_text_length, args.batch_size, args.device
+        )
+        positions = data.rows_by_split(data.item_ids)
+        rows["frozen text encoder (T)"] = downstream_scores(
+            data, {key: frozen[rows_of] for key, rows_of in positions.items()}, args
+        )
+    for index, modality in enumerate(MODALITIES):
+        features = {key: split["modality_embeds"][:, index] for key, split in full_embeds.items()}
+        rows[f"SCALE {modality} feature"] = downstream_scores(data, features, args)
+    dim = next(iter(full_embeds.values()))["product_embeds"].shape[1]
+    rows["random"] = downstream_scores(
+        data,
+        {
+            key: random_embeddings(len(ids), dim, args.seed + i)
+            for i, (key, ids) in enumerate(data.ids.items())
+        },
+        args,
+    )
+    return rows
+
+
+def cross_subset_scores(data: SplitEmbeddings, coarse: dict, kind: str, backend: str) -> dict[str, dict]:
+    """Coarse queries embedded from each of `CROSS_SUBSET_QUERIES` against the gallery embedded from all its
+    modalities (`cross`), against the gallery embedded from the query's modalities (`like_for_like`), and the
+    share of the cross top 10 holding exactly the query's modalities (`modality_set`).
+
+    `coarse` maps a frozenset of modalities to the per-split embeddings of the coarse query and gallery."""
+    query_key, gallery_key = COARSE_SPLITS
+    full = coarse[frozenset(MODALITIES)][gallery_key]
+    gallery_x = _normalised(features_of(full, kind))
+    rows = {}
+    for combination in CROSS_SUBSET_QUERIES:
+        embeds = coarse[frozenset(combination)]
+        query_x = _normalised(features_of(embeds[query_key], kind))
+        ids = (data.ids[query_key], data.ids[gallery_key])
+        ranked = ranked_gallery(query_x, gallery_x, 10, *ids, backend=backend)
+        features = {key: features_of(split, kind) for key, split in embeds.items()}
+        rows[combination_name(combination)] = {
+            "cross": retrieval_metrics(
+                query_x,
+                data.labels[query_key],
+                gallery_x,
+                data.labels[gallery_key],
+                query_ids=ids[0],
+                gallery_ids=ids[1],
+                backend=backend,
+            ),
+            "like_for_like": retrieval_scores(data, features, "retrieval_coarse", "label", backend),
+            "modality_set": modality_set_share(
+                ranked, embeds[query_key]["modality_mask"], full["modality_mask"]
+            ),
+        }
+    return rows
+
+
+def coarse_embeddings(model, processor, data: SplitEmbeddings, known: dict, args) -> dict:
+    """Coarse query / gallery embeddings of the cross-subset table's modality sets and of all modalities:
+    those in `known` (frozenset -> per-split embeddings) are reused, the others extracted."""
+    coarse = {}
+    for combination in (*CROSS_SUBSET_QUERIES, MODALITIES):
+        key = frozenset(combination)
+        coarse[key] = known.get(key) or data.embed(model, processor, combination, args, splits=COARSE_SPLITS)
+    return coarse
 
 
 @torch.no_grad()
@@ -206,15 +302,17 @@ def classifier_accuracy(model, processor, dataset, modalities, batch_size: int, 
     return accuracy_of_classifier(model, result["product_embeds"], np.asarray(dataset["label"]))
 
 
-def evaluate_finetuned(model, processor, data: SplitEmbeddings, combination, args) -> dict:
+def evaluate_finetuned(model, processor, data: SplitEmbeddings, combination, args) -> tuple[dict, dict]:
     splits = [key for key in data.splits if key != ("classification", "train")]  # no probe to fit
     embeds = data.embed(model, processor, combination, args, splits=splits)
+    features = {key: split["product_embeds"] for key, split in embeds.items()}
     test_key = ("classification", "test")
-    return {
-        "accuracy": accuracy_of_classifier(model, embeds[test_key]["product_embeds"], data.labels[test_key]),
-        "coarse": retrieval_scores(data, embeds, "retrieval_coarse", "label", args.backend),
-        "fine": retrieval_scores(data, embeds, "retrieval_fine", "instance", args.backend),
+    scores = {
+        "accuracy": accuracy_of_classifier(model, features[test_key], data.labels[test_key]),
+        "coarse": retrieval_scores(data, features, "retrieval_coarse", "label", args.backend),
+        "fine": retrieval_scores(data, features, "retrieval_fine", "instance", args.backend),
     }
+    return scores, embeds
 
 
 def _cell(first: float | None, second: float | None = None) -> str:
@@ -280,7 +378,67 @@ def format_tables(results: dict) -> str:
             f"{_cell(row['linear_probe_accuracy'])} | {_cell(row['clustering']['NMI'])} | "
             f"{_cell(row['clustering']['Purity'])} |"
         )
+    if results.get("baselines"):
+        lines += ["", *baseline_table(results)]
+    if results.get("cross_subset"):
+        lines += ["", *cross_subset_table(results["cross_subset"])]
     return "\n".join(lines) + "\n"
+
+
+def baseline_table(results: dict) -> list[str]:
+    """SCALE's all-modality rows beside the baselines, every row from `downstream_scores`."""
+    lines = [
+        "**Baselines** — frozen features scored like SCALE's (coarse and fine retrieval; accuracy: linear "
+        "probe, or the fine-tuned classifier where marked; k-means NMI / Purity)",
+        "",
+        "| Features | coarse mAP@1 | coarse mAP@10 | coarse Prec@10 | fine mAP@1 | Accuracy | NMI | Purity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    full = combination_name(MODALITIES)
+    rows = (
+        [(f"SCALE pretrained ({full})", results["pretrained"][full])] if full in results["pretrained"] else []
+    )
+    rows += list(results["baselines"].items())
+    for name, row in rows:
+        cells = [
+            row["coarse"]["mAP@1"],
+            row["coarse"]["mAP@10"],
+            row["coarse"]["Prec@10"],
+            row["fine"]["mAP@1"],
+        ]
+        cells += [row["linear_probe_accuracy"], row["clustering"]["NMI"], row["clustering"]["Purity"]]
+        lines.append(f"| {name} | " + " | ".join(_cell(value) for value in cells) + " |")
+    tuned = results.get("finetuned", {}).get(full)
+    if tuned:
+        cells = [tuned["coarse"]["mAP@1"], tuned["coarse"]["mAP@10"], tuned["coarse"]["Prec@10"]]
+        cells += [tuned["fine"]["mAP@1"], tuned["accuracy"]]
+        lines.append(
+            f"| SCALE fine-tuned ({full}, classifier accuracy) | "
+            + " | ".join(_cell(value) for value in cells)
+            + " | – | – |"
+        )
+    return lines
+
+
+def cross_subset_table(cross_subset: dict) -> list[str]:
+    """Queries from some modalities against the gallery embedded from all of theirs (how search is used)."""
+    lines = [
+        "**Cross-subset retrieval** — coarse queries embedded from the listed modalities against the gallery "
+        "embedded from every modality it has; like-for-like: the gallery embedded from the query's "
+        "modalities; own-set share: % of the top 10 holding exactly the query's modalities, against that "
+        "set's % of the gallery",
+        "",
+        "| Features | Query | mAP@1 | mAP@10 | Prec@10 | Prec@10 like-for-like | own-set share top 10 | "
+        "own-set share gallery | ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for features, rows in cross_subset.items():
+        for query, row in rows.items():
+            cross, share = row["cross"], row["modality_set"]
+            cells = [cross["mAP@1"], cross["mAP@10"], cross["Prec@10"], row["like_for_like"]["Prec@10"]]
+            cells += [share["top_share"], share["gallery_share"], share["ratio"]]
+            lines.append(f"| {features} | {query} | " + " | ".join(_cell(value) for value in cells) + " |")
+    return lines
 
 
 def mean_alignment(embeds: dict) -> np.ndarray:
@@ -369,6 +527,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="pretrained features: the JCT's product_embeds (paper) or the mean of the "
         "per-modality SIMCL features (see simcl_features)",
     )
+    parser.add_argument(
+        "--text_encoder",
+        default=default_text_encoder(),
+        help="the BERT folder SCALE's text encoder started from: its frozen, mean-pooled features are a "
+        "baseline row ('none' to skip)",
+    )
+    parser.add_argument("--no_baselines", action="store_true", help="skip the baseline rows")
     parser.add_argument("--no_plots", action="store_true")
     parser.add_argument("--no_model_card", action="store_true")
     args = parser.parse_args(argv)
@@ -401,23 +566,33 @@ def evaluate(args: argparse.Namespace) -> dict:
     }
 
     model, processor = load_model(args.model_dir, "base", args.device)
-    full_embeds = None
+    by_modalities = {}
     for combination in combinations:
         name = combination_name(combination)
-        results["pretrained"][name], embeds = evaluate_pretrained(model, processor, data, combination, args)
-        if len(combination) == max(len(c) for c in combinations):
-            full_embeds, full_name = embeds, name
-    del model
+        results["pretrained"][name], by_modalities[frozenset(combination)] = evaluate_pretrained(
+            model, processor, data, combination, args
+        )
+    if frozenset(MODALITIES) not in by_modalities:
+        by_modalities[frozenset(MODALITIES)] = data.embed(model, processor, MODALITIES, args)
+    full_embeds, full_name = by_modalities[frozenset(MODALITIES)], combination_name(MODALITIES)
+    coarse = coarse_embeddings(model, processor, data, by_modalities, args)
+    results["cross_subset"] = {"pretrained": cross_subset_scores(data, coarse, args.features, args.backend)}
+    if not args.no_baselines:
+        results["baselines"] = baseline_scores(data, full_embeds, model.config.max_text_length, args)
+    del model, by_modalities, coarse
 
     if args.finetuned_dir:
         model, processor = load_model(args.finetuned_dir, "classification", args.device)
+        by_modalities = {}
         for combination in combinations:
-            results["finetuned"][combination_name(combination)] = evaluate_finetuned(
-                model, processor, data, combination, args
+            results["finetuned"][combination_name(combination)], by_modalities[frozenset(combination)] = (
+                evaluate_finetuned(model, processor, data, combination, args)
             )
-        del model
+        coarse = coarse_embeddings(model, processor, data, by_modalities, args)
+        results["cross_subset"]["finetuned"] = cross_subset_scores(data, coarse, "fused", args.backend)
+        del model, by_modalities, coarse
 
-    if not args.no_plots and full_embeds is not None:
+    if not args.no_plots:
         matrix = mean_alignment(full_embeds)
         results["alignment_matrix"] = {
             "modalities": list(MODALITIES),

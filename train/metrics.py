@@ -75,6 +75,60 @@ def ranking_metrics(
     return results
 
 
+def ranked_gallery(
+    query_embeds: np.ndarray | torch.Tensor,
+    gallery_embeds: np.ndarray | torch.Tensor,
+    depth: int,
+    query_ids: Sequence | None = None,
+    gallery_ids: Sequence | None = None,
+    backend: str = "auto",
+    device: str | torch.device | None = None,
+) -> np.ndarray:
+    """(Q, min(depth, G)) gallery rows of each query's top `depth`, best first, with the query's own item
+    (a gallery item with its id, when ids are given) removed; -1 fills the places left at the end."""
+    extra = 0
+    if query_ids is not None and gallery_ids is not None:
+        query_id_codes, gallery_id_codes, num_ids = _joint_codes(query_ids, gallery_ids)
+        extra = int(np.bincount(gallery_id_codes, minlength=num_ids)[query_id_codes].max(initial=0))
+    _, indices = top_k_search(query_embeds, gallery_embeds, depth + extra, backend=backend, device=device)
+    if extra:
+        is_self = gallery_id_codes[indices] == query_id_codes[:, None]
+        order = np.argsort(is_self, axis=1, kind="stable")
+        indices = np.where(
+            np.take_along_axis(is_self, order, axis=1), -1, np.take_along_axis(indices, order, 1)
+        )
+    return indices[:, : min(depth, indices.shape[1])]
+
+
+def modality_set_share(
+    ranked: np.ndarray, query_sets: np.ndarray, gallery_sets: np.ndarray, k: int = 10
+) -> dict[str, float]:
+    """How much a ranking favours gallery items holding exactly the query's modalities.
+
+    Args:
+        ranked: (Q, >= k) gallery rows best first (`ranked_gallery`; -1 = no item).
+        query_sets, gallery_sets: (Q, M) / (G, M) 0/1 masks of the modalities each item was embedded from.
+
+    Returns:
+        `top_share`: % of the top-k items whose modality set equals the query's; `gallery_share`: % of the
+        gallery holding the query's set (both averaged over queries); `ratio` = top_share / gallery_share
+        (1 = the ranking ignores which modalities items have).
+    """
+    bits = 2 ** np.arange(np.shape(query_sets)[1])
+    query_codes = np.asarray(query_sets, np.int64) @ bits
+    gallery_codes = np.asarray(gallery_sets, np.int64) @ bits
+    top = ranked[:, :k]
+    same = (top >= 0) & (gallery_codes[top] == query_codes[:, None])
+    top_share = 100.0 * float((same.sum(axis=1) / np.maximum((top >= 0).sum(axis=1), 1)).mean())
+    gallery_counts = np.bincount(gallery_codes, minlength=2 ** len(bits))
+    gallery_share = 100.0 * float(gallery_counts[query_codes].mean()) / len(gallery_codes)
+    return {
+        "top_share": top_share,
+        "gallery_share": gallery_share,
+        "ratio": top_share / gallery_share if gallery_share else float("inf"),
+    }
+
+
 def retrieval_metrics(
     query_embeds: np.ndarray | torch.Tensor,
     query_labels: Sequence,
@@ -126,18 +180,11 @@ def retrieval_metrics(
     num_positives = np.bincount(gallery_codes, minlength=num_labels)[query_codes] - self_positives
     gallery_sizes = num_gallery - self_in_gallery
     depth = max(ks)
-    extra = int(self_in_gallery.max()) if num_queries else 0
-    _, indices = top_k_search(query_embeds, gallery_embeds, depth + extra, backend=backend, device=device)
-
-    if extra:
-        is_self = gallery_id_codes[indices] == query_id_codes[:, None]
-        order = np.argsort(is_self, axis=1, kind="stable")
-        indices = np.take_along_axis(indices, order, axis=1)
-        is_self = np.take_along_axis(is_self, order, axis=1)
-        hits = (gallery_codes[indices] == query_codes[:, None]) & ~is_self
-    else:
-        hits = gallery_codes[indices] == query_codes[:, None]
-    results = ranking_metrics(hits[:, :depth], num_positives, gallery_sizes, ks)
+    indices = ranked_gallery(
+        query_embeds, gallery_embeds, depth, query_ids, gallery_ids, backend=backend, device=device
+    )
+    hits = (indices >= 0) & (gallery_codes[indices] == query_codes[:, None])
+    results = ranking_metrics(hits, num_positives, gallery_sizes, ks)
     results["num_queries"] = num_queries
     results["queries_without_positives"] = int((num_positives == 0).sum())
     return results
