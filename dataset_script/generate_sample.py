@@ -220,12 +220,28 @@ def plan_sample(num_items: int, seed: int) -> tuple[list[ItemPlan], dict[tuple[s
                 )
             )
             ids.append(item_id)
-        if listings > 1:
-            pools["fine"].append(ids)
-        else:
-            pools[str(rng.choice(["train", "coarse", "fine"], p=[0.74, 0.2, 0.06]))].append(ids)
+        pools[draw_pool(len(ids), rng)].append(ids)
         instance_index += 1
+    return items, split_pools(pools, rng)
 
+
+def draw_pool(listings: int, rng: np.random.Generator) -> str:
+    """The pool of an instance with `listings` listings: every multi-listing instance goes to the
+    fine-grained pool; a single listing to pretraining (74 %), the coarse pool (20 %) or the fine gallery as
+    a distractor (6 %)."""
+    if listings > 1:
+        return "fine"
+    return str(rng.choice(["train", "coarse", "fine"], p=[0.74, 0.2, 0.06]))
+
+
+def split_pools(
+    pools: dict[str, list[list[str]]], rng: np.random.Generator
+) -> dict[tuple[str, str], list[str]]:
+    """The release's split files from the pools of `draw_pool` (item ids, instance by instance).
+
+    Fine pool: first listing -> query, the rest -> gallery (a single listing is a gallery distractor). 40 % of
+    the coarse pool are queries. Classification trains on the pretraining pool and tests on the coarse pool,
+    so pretraining never sees a retrieval or test item."""
     splits: dict[tuple[str, str], list[str]] = {key: [] for key in SPLIT_FILES}
     for ids in pools["fine"]:
         if len(ids) > 1:
@@ -240,7 +256,7 @@ def plan_sample(num_items: int, seed: int) -> tuple[list[ItemPlan], dict[tuple[s
     splits["pretrain", "train"] = train_ids
     splits["classification", "train"] = list(train_ids)
     splits["classification", "test"] = list(coarse_ids)
-    return items, splits
+    return splits
 
 
 def _hsv_to_rgb(hue: float, saturation: float, value: float) -> tuple[int, int, int]:

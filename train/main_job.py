@@ -36,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--output_root", default=str(REPO_ROOT / "outputs"))
     parser.add_argument("--size", default="default", choices=["tiny", "default"], help="sample size")
+    parser.add_argument(
+        "--raw_dir",
+        default=None,
+        help="a dataset already in the raw layout (e.g. dataset_script.emoji_sample's) instead of the sample",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model_config", default="sample", help="model preset (train/configs/model)")
     parser.add_argument(
@@ -95,14 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     root = Path(args.output_root)
-    raw, data = root / "sample_raw", root / "m5product"
+    raw, data = Path(args.raw_dir) if args.raw_dir else root / "sample_raw", root / "m5product"
     python = sys.executable
     timings: dict = {}
     start = time.perf_counter()
 
     run_step(
         "generate sample",
-        (raw / "sample_info.json").exists(),
+        (raw / "sample_info.json").exists() or args.raw_dir is not None,
         [
             python,
             "-m",
