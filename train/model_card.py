@@ -49,6 +49,7 @@ def write_model_card(
         tags=["scale", "m5product", "multimodal", "e-commerce", "retrieval", "custom_code"],
     )
     auto_class = "AutoModel" if task == "pretraining" else "AutoModelForSequenceClassification"
+    name = portable_reference(output_dir)
     sections = [
         f"# SCALE ({task})",
         f"SCALE (Self-harmonized ContrAstive LEarning, CVPR 2022, arXiv 2109.04275) {TASK_TEXT[task]} on "
@@ -57,8 +58,8 @@ def write_model_card(
         "## Usage",
         "```python\n"
         f"from transformers import AutoProcessor, {auto_class}\n\n"
-        f'model = {auto_class}.from_pretrained("{output_dir}", trust_remote_code=True)\n'
-        f'processor = AutoProcessor.from_pretrained("{output_dir}", trust_remote_code=True)\n'
+        f'model = {auto_class}.from_pretrained("{name}", trust_remote_code=True)\n'
+        f'processor = AutoProcessor.from_pretrained("{name}", trust_remote_code=True)\n'
         'inputs = processor(text=["red cotton dress"], tables=[[("材质", "纯棉")]], images=[image],\n'
         '                   return_tensors="pt")\n'
         "embeds = model(**inputs).product_embeds  # with AutoModel\n"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -378,6 +379,8 @@ def stage_space(target: Path, model_id: str, dataset_id: str) -> Path:
     header, body = card.split("\n---\n", 1)
     header = header.replace("  - scale-m5product/scale\n", f"  - {model_id}\n")
     header = header.replace("  - scale-m5product/m5product-sample\n", f"  - {dataset_id}\n")
+    # the Space runs the gradio the release was tested with
+    header = re.sub(r"(?m)^sdk_version: .*$", f"sdk_version: {metadata.version('gradio')}", header)
     (target / "README.md").write_text(f"{header}\n---\n{body}")
     return target
 
