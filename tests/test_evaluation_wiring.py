@@ -141,3 +141,36 @@ def test_format_tables_puts_each_number_in_its_cell():
     assert f"| T+I | 90.00 | {cells(70, 80)} |" in lines
     # Table 5: pretrained mAP@1 coarse, probe, NMI, Purity
     assert "| T+I | 40.00 | 60.00 | 55.50 | 66.25 |" in lines
+
+
+def test_cross_subset_scores_rank_subset_queries_against_the_full_gallery(monkeypatch):
+    """Coarse queries c1 (category 0) and c2 (1) against the gallery c1, d1, d2, d3 embedded from all their
+    modalities: d1 holds only a caption, d2 a caption and an image, c1 and d3 all five."""
+    monkeypatch.setattr(evaluation, "load_split", fake_split)
+    data = evaluation.SplitEmbeddings("unused", list(SPLITS))
+    query_key, gallery_key = evaluation.COARSE_SPLITS
+
+    def split(ids: list[str], sets: list[list[int]]) -> dict:
+        return {"product_embeds": np.stack([ITEMS[i][2] for i in ids]), "modality_mask": np.array(sets)}
+
+    everything, caption = [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]
+    gallery_sets = [everything, caption, [1, 0, 1, 0, 0], everything]
+    coarse = {frozenset(evaluation.MODALITIES): {gallery_key: split(SPLITS[gallery_key], gallery_sets)}}
+    for combination in evaluation.CROSS_SUBSET_QUERIES:
+        sets = [[int(m in combination) for m in evaluation.MODALITIES]] * 2
+        coarse[frozenset(combination)] = {
+            query_key: split(SPLITS[query_key], sets),
+            # like-for-like: the gallery embedded from the subset; here d1 and d2 swap places, so that every
+            # query's nearest item is of the other category
+            gallery_key: split(["c1", "d2", "d1", "d3"], sets * 2),
+        }
+    rows = evaluation.cross_subset_scores(data, coarse, "fused", "faiss")
+    assert set(rows) == {"T", "I", "T+I", "T+I+Tab"}
+    text = rows["T"]
+    assert text["cross"]["mAP@1"] == pytest.approx(100.0)  # c1 -> d1, c2 -> d2 (c1 itself removed)
+    # c1's top 10 is d1, d2, d3 (one caption-only item of three), c2's all four items (one of four)
+    assert text["modality_set"]["top_share"] == pytest.approx(100 * (1 / 3 + 1 / 4) / 2)
+    assert text["modality_set"]["gallery_share"] == pytest.approx(25.0)
+    assert text["like_for_like"]["mAP@1"] == pytest.approx(0.0)
+    assert rows["T+I"]["modality_set"]["gallery_share"] == pytest.approx(25.0)
+    assert rows["I"]["modality_set"]["top_share"] == 0.0  # no gallery item holds only an image

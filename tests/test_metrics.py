@@ -6,7 +6,14 @@ from sklearn.metrics import average_precision_score, normalized_mutual_info_scor
 from sklearn.metrics.cluster import contingency_matrix
 from sklearn.neighbors import NearestNeighbors
 
-from train.metrics import clustering_metrics, linear_probe_accuracy, purity_score, retrieval_metrics
+from train.metrics import (
+    clustering_metrics,
+    linear_probe_accuracy,
+    modality_set_share,
+    purity_score,
+    ranked_gallery,
+    retrieval_metrics,
+)
 from train.retrieval import top_k_search
 
 
@@ -219,3 +226,25 @@ def test_linear_probe_accuracy():
     nearly_collapsed = 1 + 1e-4 * features
     train, test = nearly_collapsed[::2], nearly_collapsed[1::2]
     assert linear_probe_accuracy(train, labels[::2], test, labels[1::2]) > 95
+
+
+def test_ranked_gallery_drops_the_query_itself_and_pads_short_galleries():
+    gallery = np.eye(3, dtype=np.float32)
+    queries = np.array([[1.0, 0.5, 0.0], [0.0, 0.2, 1.0]], dtype=np.float32)
+    ranked = ranked_gallery(queries, gallery, depth=3, query_ids=["a", "z"], gallery_ids=["a", "b", "c"])
+    # "a" is query 0 itself: removed, its place at the end left empty; "z" is not in the gallery
+    np.testing.assert_array_equal(ranked, [[1, 2, -1], [2, 1, 0]])
+
+
+def test_modality_set_share_hand_worked():
+    # gallery: 2 text-only items (rows 0, 1), 2 with text+image (2, 3)
+    gallery_sets = np.array([[1, 0, 0, 0, 0], [1, 0, 0, 0, 0], [1, 0, 1, 0, 0], [1, 0, 1, 0, 0]])
+    query_sets = np.array([[1, 0, 0, 0, 0], [1, 0, 1, 0, 0]])
+    ranked = np.array([[0, 1, 2, -1], [0, 2, 1, 3]])
+    share = modality_set_share(ranked, query_sets, gallery_sets, k=3)
+    # query 0: 2 of its 3 found items are text-only; query 1: 1 of 3 has text+image
+    assert share["top_share"] == pytest.approx(100 * (2 / 3 + 1 / 3) / 2)
+    assert share["gallery_share"] == pytest.approx(50.0)
+    assert share["ratio"] == pytest.approx(1.0)
+    favouring = modality_set_share(np.array([[0, 1, 2], [2, 3, 0]]), query_sets, gallery_sets, k=2)
+    assert favouring["top_share"] == pytest.approx(100.0) and favouring["ratio"] == pytest.approx(2.0)
