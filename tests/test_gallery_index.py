@@ -141,5 +141,17 @@ def test_an_interrupted_build_is_not_reused(gallery, checkpoint, tmp_path):
 
 def test_an_approximate_faiss_index_can_be_asked_for(gallery, tmp_path):
     index = GalleryIndex(gallery, one_hot_embeddings(gallery), tmp_path, index_factory="IVF2,Flat")
-    assert type(index.gallery.get_index(INDEX_NAME).faiss_index).__name__ == "IndexIVFFlat"
+    faiss_index = index.gallery.get_index(INDEX_NAME).faiss_index
+    assert type(faiss_index).__name__ == "IndexIVFFlat"
+    assert faiss_index.nprobe == 16  # SEARCH_PARAMETERS, not FAISS's single probed list
     assert index.search(np.eye(1, 8, k=4, dtype=np.float32), k=1)[0][0].item_id == "item4"
+
+
+def test_retrained_weights_with_the_same_config_get_a_new_index(gallery, checkpoint, tmp_path):
+    """A checkpoint retrained in place keeps its config.json: the weights file alone must change the key."""
+    embed = counting(one_hot_embeddings)
+    first = load_or_build_index(gallery, embed, checkpoint, tmp_path / "index")
+    (checkpoint / "model.safetensors").write_bytes(b"retrained weights")
+    retrained = load_or_build_index(gallery, embed, checkpoint, tmp_path / "index")
+    assert embed.calls == 2
+    assert retrained.cache_dir != first.cache_dir
