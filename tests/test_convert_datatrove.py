@@ -90,3 +90,17 @@ def test_rerun_redoes_only_a_damaged_shard(tiny_raw, tmp_path):
     assert pq.read_table(os.path.join(out_dir, damaged)).num_rows > 0  # rewritten
     assert os.stat(os.path.join(out_dir, untouched)).st_mtime_ns == stamps[untouched]  # skipped
     assert json.load(open(os.path.join(out_dir, SUMMARY_FILE), encoding="utf-8"))["complete"] is True
+
+
+def test_slurm_stages_are_wired_without_submitting(tiny_raw, tmp_path):
+    from datatrove.executor import SlurmPipelineExecutor
+
+    from dataset_script.convert_datatrove import build_executor
+
+    summary_stage = build_executor(
+        tiny_raw, str(tmp_path / "out"), executor="slurm", tasks=16, partition="cpu", time="01:00:00"
+    )
+    assert isinstance(summary_stage, SlurmPipelineExecutor) and summary_stage.tasks == 1
+    shard_stage = summary_stage.depends
+    assert shard_stage.tasks == 16 and shard_stage.partition == "cpu" and not shard_stage.skip_completed
+    assert shard_stage.logging_dir.path.endswith("_conversion/datatrove/shards")
