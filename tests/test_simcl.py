@@ -229,3 +229,21 @@ def test_negatives_come_from_every_process_with_gradients():
         assert results[rank][1] == 2
         torch.testing.assert_close(results[rank][2], 2 * full_a.grad[rows])
         torch.testing.assert_close(results[rank][3], 2 * full_b.grad[rows])
+
+
+def test_one_usable_pair_is_the_whole_loss_and_defaults_are_eq2_and_feature_s():
+    g = torch.Generator().manual_seed(9)
+    embeds = torch.randn(3, 5, 8, generator=g)
+    mask = torch.tensor([[1, 0, 1, 0, 0], [1, 0, 1, 0, 0], [1, 0, 0, 0, 1]])  # only text-image has 2 samples
+    expected = reference_eq2(embeds[:, 0], embeds[:, 2], [True, True, False], TAU)
+    assert simcl_contrastive_loss(embeds, mask, TAU).item() == pytest.approx(expected, rel=1e-5)
+    torch.testing.assert_close(alignment_scores(embeds, mask), alignment_scores(embeds, mask, "feature"))
+
+
+def test_bad_settings_are_named_in_the_error():
+    with pytest.raises(ValueError, match=r"^denominator must be one of .*'both'"):
+        pairwise_contrastive_loss(torch.eye(2), torch.eye(2), torch.ones(2), TAU, "both")
+    with pytest.raises(
+        ValueError, match=r'^alignment mode "learned" needs the \(M, M\) alignment_parameter$'
+    ):
+        alignment_scores(torch.zeros(1, 5, 2), torch.ones(1, 5), "learned")
