@@ -9,7 +9,6 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -23,6 +22,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import CompileableContextVar
 
 from .configuration_scale import MODALITIES, ScaleConfig
 from .input_validation_scale import check_class_labels, check_model_inputs
@@ -247,9 +247,9 @@ class _OutputRecorder:
         }
 
 
-_OUTPUT_RECORDER: ContextVar[_OutputRecorder | None] = ContextVar("scale_output_recorder", default=None)
+_OUTPUT_RECORDER = CompileableContextVar("scale_output_recorder")
 """Set by `_recording_outputs` for the duration of one forward call; a context variable, so that concurrent
-calls on one model (threads of a server) record only their own outputs."""
+calls on one model (threads of a server) record only their own outputs (transformers' compile-safe kind)."""
 
 
 @contextmanager
