@@ -1,6 +1,7 @@
 """Break a raw M5Product folder (or a converted one) on purpose, in the ways real releases break.
 
     python -m dataset_script.break_sample RAW_DIR [--record-share 0.01] [--media-share 0.01] [--seed 0]
+    python -m dataset_script.break_sample RAW_DIR --check CONVERTED_DIR
     python -m dataset_script.break_sample CONVERTED_DIR --converted [--media-share 0.01] [--seed 0]
 
 Raw folder: a share of the annotation records gets one record fault each (`RECORD_FAULTS`: a title with
@@ -8,6 +9,10 @@ bytes that are not UTF-8, a `pv` that is a number, a label that is a list, a rec
 a share of the media files one media fault each (`MEDIA_FAULTS`: garbage, empty, another format's bytes, cut
 short, corrupted in the middle, NaN samples, a decompression bomb). What was broken is written to
 RAW_DIR/_broken.json (`{item_id: [fault, ...]}`), so that a check can compare it with the conversion summary.
+
+`--check` compares a conversion of the broken folder with RAW_DIR/_broken.json: every broken item must be
+listed in the conversion summary, and every valid item kept (rows per split = split ids in the annotation,
+less the records that are not JSON objects).
 
 Converted folder (`--converted`): media bytes inside the Parquet shards are replaced by broken ones, as a
 converter that checked less (such as ours before it decoded what training reads) would have let them through;
@@ -30,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from .raw_layout import ANNOTATION_FILE, MEDIA, media_path
+from .raw_layout import ANNOTATION_FILE, CONFIG_SPLITS, MEDIA, iter_annotations, media_path, read_split_ids
 
 BROKEN_FILE = "_broken.json"
 NOT_UTF8_MARKER = "@@not-utf8@@"
@@ -165,6 +170,41 @@ def break_raw(raw_dir: str, record_share: float = 0.01, media_share: float = 0.0
     return faults
 
 
+def check_conversion(raw_dir: str, converted_dir: str) -> dict:
+    """Compare the conversion summary of CONVERTED_DIR with RAW_DIR/_broken.json; returns the counts and
+    the broken ids the summary does not list (it passes when `unlisted` and `row_count_errors` are empty)."""
+    with open(os.path.join(raw_dir, BROKEN_FILE), encoding="utf-8") as handle:
+        broken = json.load(handle)
+    with open(os.path.join(converted_dir, "_conversion", "summary.json"), encoding="utf-8") as handle:
+        summary = json.load(handle)
+    annotated = {item_id for item_id, _ in iter_annotations(os.path.join(raw_dir, ANNOTATION_FILE))}
+    skipped = set(summary["skipped_items"])
+    listed = set(summary["invalid_records"]) | skipped | set(summary["malformed_pv"])
+    listed |= set(summary["unknown_labels"]) | {i for ids in summary["corrupt_media"].values() for i in ids}
+    converted_ids, row_count_errors, kept = set(), {}, 0
+    for config, splits in CONFIG_SPLITS.items():
+        for split in splits:
+            ids = set(read_split_ids(raw_dir, config, split)) & annotated
+            converted_ids |= ids
+            expected = len(ids - skipped)
+            rows = summary["splits"][f"{config}/{split}"]["num_rows"]
+            kept += rows
+            if rows != expected:
+                row_count_errors[f"{config}/{split}"] = {"rows": rows, "expected": expected}
+    broken_converted = set(broken) & converted_ids
+    return {
+        "broken_items": len(broken_converted),
+        "broken_records": sum(1 for i in broken_converted if any(":" not in f for f in broken[i])),
+        "broken_media_files": sum(sum(":" in f for f in broken[i]) for i in broken_converted),
+        "listed_in_summary": len(broken_converted & listed),
+        "unlisted": sorted(broken_converted - listed),
+        "items_converted": len(converted_ids - skipped),
+        "items_skipped": len(skipped),
+        "rows_kept_over_all_splits": kept,
+        "row_count_errors": row_count_errors,
+    }
+
+
 def break_converted_media(converted_dir: str, media_share: float = 0.01, seed: int = 0) -> dict:
     """Replace `media_share` of the media cells of every Parquet shard of CONVERTED_DIR with broken bytes that
     a shallow check would pass (a video corrupted in the middle, NaN audio, a cut-short image); returns
@@ -204,10 +244,15 @@ def main() -> None:
     )
     parser.add_argument("folder", help="a raw M5Product folder, or a converted one with --converted")
     parser.add_argument("--converted", action="store_true", help="break media inside the Parquet shards")
+    parser.add_argument("--check", metavar="CONVERTED_DIR", help="check a conversion of the broken RAW_DIR")
     parser.add_argument("--record-share", type=float, default=0.01)
     parser.add_argument("--media-share", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if args.check:
+        report = check_conversion(args.folder, args.check)
+        print(json.dumps(report, indent=1))
+        raise SystemExit(1 if report["unlisted"] or report["row_count_errors"] else 0)
     if args.converted:
         broken = break_converted_media(args.folder, args.media_share, args.seed)
         count = sum(map(len, broken.values()))

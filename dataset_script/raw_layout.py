@@ -263,41 +263,41 @@ class MediaReading:
 
     video_fps: float = 1.0
     max_video_frames: int = 12
-    audio_sampling_rate: int = 16000
     max_audio_seconds: float = 12.0
 
 
-def _check_image(data: bytes, reading: MediaReading) -> None:
+def _check_image(data: bytes, reading: MediaReading = MediaReading()) -> None:
     from modeling_scale.media_decoding_scale import load_image
 
     load_image(data)
 
 
-def _check_video(data: bytes, reading: MediaReading) -> None:
+def _check_video(data: bytes, reading: MediaReading = MediaReading()) -> None:
     from torchcodec.decoders import VideoDecoder
 
     from modeling_scale.media_decoding_scale import load_video_frames
 
-    # the decoder `datasets`' Video feature hands to training (exact seek mode). Exact mode scans every
-    # packet: a file cut short has fewer frames than its index (moov) promises when the index is at the front,
-    # and does not open at all when the index was at the end
-    decoder = VideoDecoder(data, seek_mode="exact")
-    metadata = decoder.metadata
+    # exact seek mode scans every packet: a file cut short has fewer frames than its index (moov) promises
+    # when the index is at the front, and does not open at all when the index was at the end
+    metadata = VideoDecoder(data, seek_mode="exact").metadata
     if not metadata.num_frames:
         raise ValueError("no video frames")
     promised, present = metadata.num_frames_from_header, metadata.num_frames_from_content
     if promised and present < promised:
         raise ValueError(f"truncated: {present} of {promised} frames present")
-    load_video_frames(decoder, fps=reading.video_fps, max_frames=reading.max_video_frames)
+    # what training decodes: the processor's function on the same bytes (train.data hands it the encoded file)
+    load_video_frames(data, fps=reading.video_fps, max_frames=reading.max_video_frames)
 
 
-def _check_audio(data: bytes, reading: MediaReading) -> None:
+def _check_audio(data: bytes, reading: MediaReading = MediaReading()) -> None:
     from torchcodec.decoders import AudioDecoder
 
     from modeling_scale.media_decoding_scale import load_audio
 
-    # the decoder `datasets`' Audio feature hands to training, read by the processor's function
-    load_audio(AudioDecoder(data), reading.audio_sampling_rate, reading.max_audio_seconds)
+    # the processor's function over the window training reads, at the file's own rate: the same packets are
+    # decoded, and resampling cannot make a readable clip unreadable (it would double the cost)
+    decoder = AudioDecoder(data)
+    load_audio(decoder, decoder.metadata.sample_rate, reading.max_audio_seconds)
 
 
 MEDIA_CHECKS = {"image": _check_image, "video": _check_video, "audio": _check_audio}

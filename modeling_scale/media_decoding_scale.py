@@ -81,6 +81,12 @@ def _as_numpy(source: np.ndarray | torch.Tensor) -> np.ndarray:
     return source
 
 
+def require_finite(values: np.ndarray, what: str) -> None:
+    """NaN or inf in decoded media is damaged data: it would turn every loss of the batch into NaN."""
+    if not np.isfinite(values).all():
+        raise MediaDecodingError(f"the {what} are not all finite (NaN or inf)")
+
+
 def image_values_to_uint8(array: np.ndarray) -> np.ndarray:
     """
     Pixel values as uint8, read with their real range: uint8 as is, 16-bit integers (and wider integers
@@ -106,8 +112,7 @@ def image_values_to_uint8(array: np.ndarray) -> np.ndarray:
         return array.astype(np.uint8)
     if kind != "f":
         raise MediaDecodingError(f"unsupported pixel type {array.dtype}")
-    if not np.isfinite(array).all():
-        raise MediaDecodingError("the pixel values are not all finite (NaN or inf)")
+    require_finite(array, "pixel values")
     low, high = float(array.min()), float(array.max())
     if low < 0 or high > 255:
         raise MediaDecodingError(
@@ -359,6 +364,5 @@ def load_audio(source: Any, sampling_rate: int, max_seconds: float | None) -> np
         waveform = waveform[: int(round(stop * sampling_rate))]
     if waveform.size == 0:
         raise MediaDecodingError("the audio has no samples")
-    if not np.isfinite(waveform).all():
-        raise MediaDecodingError("the audio samples are not all finite (NaN or inf)")
+    require_finite(waveform, "audio samples")
     return np.ascontiguousarray(waveform, dtype=np.float32)

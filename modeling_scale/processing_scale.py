@@ -222,16 +222,21 @@ class ScaleProcessor(ProcessorMixin):
                 output = transform([items[index] for index in present])
         if output is None:
             return None
-        finite = np.ones(len(present), dtype=bool)
-        for value in output.values():
-            if value.dtype.kind == "f":
-                finite &= np.isfinite(value.reshape(len(present), -1)).all(axis=1)
-        for row in np.flatnonzero(~finite):
+        for row in self._non_finite_rows(output, len(present)):
             message = f"sample {present[row]}: the {modality} gives non-finite values (NaN or inf)"
             reason = "non-finite values (NaN or inf) after processing"
             self._fail(ScaleProcessingError(message, present[row], modality, reason), on_error, failures)
             items[present[row]] = None
         return self._scatter(output, [item is not None for item in items], present)
+
+    @staticmethod
+    def _non_finite_rows(output: BatchFeature, num_rows: int) -> np.ndarray:
+        """Rows of a batched routine's float outputs that hold NaN or inf (e.g. from overflowing audio)."""
+        finite = np.ones(num_rows, dtype=bool)
+        for value in output.values():
+            if value.dtype.kind == "f":
+                finite &= np.isfinite(value.reshape(num_rows, -1)).all(axis=1)
+        return np.flatnonzero(~finite)
 
     def _pad_token_rows(
         self, rows: list[dict[str, list[int]] | None], keys: dict[str, int], max_length: int, padding: str

@@ -630,6 +630,33 @@ def check_collator_marks_missing_and_names_the_item(ctx: Context) -> None:
     assert [(f["item_id"], f["modality"]) for f in batch["input_failures"]] == [("broken", "video")]
 
 
+def check_corrupt_image_in_a_shard_reaches_the_collator(ctx: Context) -> None:
+    """`datasets` decodes an image when its row is read (an exception in the DataLoader, outside the
+    collator): training reads the media encoded and lets the processor decode them."""
+    from datasets import Dataset, Features, Image, Value
+    from torch.utils.data import DataLoader
+
+    from train.data import IndexedDataset, ScaleBatchCollator, only_columns_of
+
+    features = Features({"item_id": Value("string"), "caption": Value("string"), "image": Image()})
+    photo = ctx.media["photo.jpg"].read_bytes()
+    rows = [
+        {"item_id": "good", "caption": "cotton dress", "image": {"bytes": photo, "path": None}},
+        {"item_id": "cut", "caption": "silk shirt", "image": {"bytes": photo[:300], "path": None}},
+    ]
+    dataset = Dataset.from_list(rows, features=features)
+    with pytest.raises(OSError):
+        dataset[1]["image"]  # what the DataLoader did before
+    loader = DataLoader(
+        IndexedDataset(only_columns_of(dataset, ("text", "image"))),
+        batch_size=2,
+        collate_fn=ScaleBatchCollator(ctx.processor, modalities=("text", "image")),
+    )
+    batch = next(iter(loader))
+    assert batch["modality_mask"][:, 2].tolist() == [1, 0]
+    assert [(f["item_id"], f["modality"]) for f in batch["input_failures"]] == [("cut", "image")]
+
+
 def check_training_counts_failures_over_the_run(ctx: Context) -> None:
     from accelerate import Accelerator
 
@@ -673,6 +700,12 @@ TRAINING_FAULTS = [
         "failures counted for the training summary",
         False,
         check_training_counts_failures_over_the_run,
+    ),
+    Fault(
+        "training",
+        "cut JPEG inside a converted shard",
+        False,
+        check_corrupt_image_in_a_shard_reaches_the_collator,
     ),
     Fault("evaluation", "undecodable video during embedding", False, check_embedding_extraction_goes_on),
 ]

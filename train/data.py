@@ -72,12 +72,21 @@ def processor_inputs(rows: Sequence[dict], modalities: Sequence[str] = MODALITIE
 
 
 def only_columns_of(dataset, modalities: Sequence[str], keep: Sequence[str] = ("item_id", "label")):
-    """`dataset` without the columns of other modalities, so that their media are never decoded
-    (a `datasets.Dataset`; other datasets are returned unchanged)."""
+    """`dataset` without the columns of other modalities, so that their media are never decoded, and with
+    its media left encoded (`{"bytes", "path"}`): `datasets` would decode an image, or open a video, when the
+    row is read, where a corrupt file is an exception that ends the DataLoader; the processor decodes them
+    in the collator instead, where such a file becomes a missing modality (and at the model's size, which is
+    faster). A `datasets.Dataset`; other datasets are returned unchanged."""
     if not hasattr(dataset, "select_columns"):
         return dataset
     wanted = [MODALITY_COLUMNS[m] for m in check_modalities(modalities)] + list(keep)
-    return dataset.select_columns([column for column in dataset.column_names if column in wanted])
+    dataset = dataset.select_columns([column for column in dataset.column_names if column in wanted])
+    from datasets import Audio, Image, Video
+
+    for column, feature in dataset.features.items():
+        if isinstance(feature, (Audio, Image, Video)) and feature.decode:
+            dataset = dataset.cast_column(column, type(feature)(decode=False))
+    return dataset
 
 
 class IndexedDataset(Dataset):
