@@ -16,7 +16,8 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from modeling_scale import ScaleConfig, ScaleForPreTraining
+from modeling_scale import MODALITIES, ScaleConfig, ScaleForPreTraining
+from modeling_scale.collator_scale import draw_modality_subset
 from modeling_scale.modeling_scale import MODEL_INPUT_NAMES
 
 PAPER_INPUT_SIZES = {"text": 36, "table": 64, "regions": 36, "frames": 12, "audio_frames": 750}
@@ -26,7 +27,7 @@ def paper_sized_batch(
     config: ScaleConfig, batch_size: int, seed: int = 0, sizes: dict[str, int] = PAPER_INPUT_SIZES
 ) -> dict[str, torch.Tensor]:
     """A synthetic batch with every modality at the paper's sizes (or `sizes`, same keys), ~15 % of each
-    modality's tokens masked."""
+    modality's tokens masked, and the subset view of the subset-consistency loss drawn."""
     g = torch.Generator().manual_seed(seed)
     audio_tokens = -(-sizes["audio_frames"] // config.audio_subsampling)
 
@@ -57,6 +58,9 @@ def paper_sized_batch(
     batch["video_targets"] = batch["video_features"].clone()
     batch["masked_audio_positions"] = masked(batch_size, audio_tokens)
     batch["audio_targets"] = batch["audio_features"].clone()
+    batch["subset_modality_mask"] = draw_modality_subset(
+        torch.ones(batch_size, len(MODALITIES), dtype=torch.bool), config.subset_keep_probability, g
+    ).long()
     return batch
 
 
