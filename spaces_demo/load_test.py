@@ -107,7 +107,10 @@ def run_load_test(
     for number, position in itertools.product(range(clients), range(queries_per_client)):
         query = query_of(number, position)
         if query not in expected:
-            expected[query] = ask(connections[0], *query)
+            try:
+                expected[query] = ask(connections[0], *query)
+            except Exception:  # nothing to compare with; the loaded run counts and reports the failure
+                expected[query] = None
 
     def one_client(number: int) -> None:
         client = connections[number]
@@ -127,7 +130,7 @@ def run_load_test(
             with lock:
                 latencies.append(1000 * (time.perf_counter() - began))
                 report.answered += 1
-                if answer != expected[query]:
+                if expected[query] is not None and answer != expected[query]:
                     report.wrong += 1
                     if len(report.errors) < 5:
                         report.errors.append(f"client {number} query {position}: not the answer to {query}")
