@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .generate_sample import draw_pool, split_pools
-from .raw_layout import ANNOTATION_FILE, LABELS_FILE, SPLIT_FILES, format_pv, media_path
+from .generate_sample import draw_pool, split_pools, write_annotation_files
+from .raw_layout import format_pv, media_path
 
 PACKAGE = "ruby-tanuki-emoji"
 SKIN_TONES = {f"1F3F{c}" for c in "BCDEF"}
@@ -133,7 +133,6 @@ def build_emoji_sample(out_dir: str, work_dir: str | None = None, seed: int = 0)
     groups = sorted({emoji.group for emoji, _ in products})
 
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
-    os.makedirs(os.path.join(out_dir, "splits"), exist_ok=True)
     annotations, instances = {}, {}
     for emoji, png in products:
         write_jpeg_on_white(png, media_path(out_dir, "image", emoji.item_id))
@@ -151,13 +150,7 @@ def build_emoji_sample(out_dir: str, work_dir: str | None = None, seed: int = 0)
         pools[draw_pool(len(ids), rng)].append(ids)
     splits = split_pools(pools, rng)
 
-    with open(os.path.join(out_dir, ANNOTATION_FILE), "w", encoding="utf-8") as handle:
-        json.dump(annotations, handle, ensure_ascii=False, indent=0)
-    with open(os.path.join(out_dir, LABELS_FILE), "w", encoding="utf-8") as handle:
-        handle.writelines(f"{group}\n" for group in groups)
-    for key, ids in splits.items():
-        with open(os.path.join(out_dir, SPLIT_FILES[key]), "w", encoding="utf-8") as handle:
-            handle.writelines(f"{item_id}\n" for item_id in ids)
+    write_annotation_files(out_dir, annotations, groups, splits)
     summary = {
         "source": f"Debian {PACKAGE} ({gem.name})",
         "num_items": len(annotations),

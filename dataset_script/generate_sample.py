@@ -382,6 +382,20 @@ def annotation_record(plan: ItemPlan) -> dict:
     return record
 
 
+def write_annotation_files(
+    out_dir: str, annotations: dict, label_names: list[str], splits: dict[tuple[str, str], list[str]]
+) -> None:
+    """The raw layout's text files: the annotation JSON, `labels.txt` and one id list per split."""
+    os.makedirs(os.path.join(out_dir, "splits"), exist_ok=True)
+    with open(os.path.join(out_dir, ANNOTATION_FILE), "w", encoding="utf-8") as handle:
+        json.dump(annotations, handle, ensure_ascii=False, indent=0)
+    with open(os.path.join(out_dir, LABELS_FILE), "w", encoding="utf-8") as handle:
+        handle.writelines(f"{name}\n" for name in label_names)
+    for key, ids in splits.items():
+        with open(os.path.join(out_dir, SPLIT_FILES[key]), "w", encoding="utf-8") as handle:
+            handle.writelines(f"{item_id}\n" for item_id in ids)
+
+
 def generate_sample(
     out_dir: str, size: str | int = "tiny", seed: int = 0, num_proc: int | None = None
 ) -> dict:
@@ -393,7 +407,6 @@ def generate_sample(
     items, splits = plan_sample(num_items, seed)
     for folder, _ in MEDIA.values():
         os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
-    os.makedirs(os.path.join(out_dir, "splits"), exist_ok=True)
 
     num_proc = num_proc or os.cpu_count() or 1
     jobs = [(out_dir, plan) for plan in items]
@@ -406,14 +419,12 @@ def generate_sample(
         for job in jobs:
             render_item(job)
 
-    with open(os.path.join(out_dir, ANNOTATION_FILE), "w", encoding="utf-8") as handle:
-        annotations = {plan.item_id: annotation_record(plan) for plan in items}
-        json.dump(annotations, handle, ensure_ascii=False, indent=0)
-    with open(os.path.join(out_dir, LABELS_FILE), "w", encoding="utf-8") as handle:
-        handle.writelines(f"{category.name}\n" for category in CATEGORIES)
-    for key, ids in splits.items():
-        with open(os.path.join(out_dir, SPLIT_FILES[key]), "w", encoding="utf-8") as handle:
-            handle.writelines(f"{item_id}\n" for item_id in ids)
+    write_annotation_files(
+        out_dir,
+        {plan.item_id: annotation_record(plan) for plan in items},
+        [category.name for category in CATEGORIES],
+        splits,
+    )
 
     summary = {
         "num_items": len(items),
