@@ -105,6 +105,10 @@ def build_executor(
     }
     if executor == "local":
         from datatrove.executor import LocalPipelineExecutor as Executor
+
+        # workers inherit the imported modules (torch, FFmpeg bindings), like `convert`'s pool, instead of
+        # importing them again in each forkserver child
+        cluster.setdefault("start_method", "fork")
     elif executor == "slurm":
         from datatrove.executor import SlurmPipelineExecutor as Executor
 
