@@ -121,9 +121,14 @@ def load_search_engine(
 def embed_products(model, processor, products, batch_size: int = 16, device: str = "cpu") -> np.ndarray:
     """(N, D) float32 L2-normalised `product_embeds` of converted M5Product rows (a `datasets.Dataset`), from
     every modality each product has; an unreadable file counts as a missing modality. The same numbers as the
-    project's `train.embeddings.extract_embeddings`, which the Space cannot import."""
+    project's `train.embeddings.extract_embeddings`, which the Space cannot import: media stay encoded and the
+    processor decodes them (at the model's size; a corrupt file becomes a missing modality)."""
+    from datasets import Audio, Image, Video
     from tqdm.auto import tqdm
 
+    for column, feature in products.features.items():
+        if isinstance(feature, (Audio, Image, Video)) and feature.decode:
+            products = products.cast_column(column, type(feature)(decode=False))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch.device(device).type == "cuda")
     embeds = []
     for start in tqdm(range(0, len(products), batch_size), desc="gallery embeddings"):
