@@ -55,6 +55,7 @@ def test_evaluate_writes_the_papers_tables_plots_and_cards(tmp_path_factory, tmp
     results = evaluate(args)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["combinations"] == [["text"], ["text", "image"]]
+    assert saved["input_failures"] == {"count": 0, "items": []}
     for name in ("T", "T+I"):
         pretrained_row, finetuned_row = saved["pretrained"][name], saved["finetuned"][name]
         for task in ("coarse", "fine"):

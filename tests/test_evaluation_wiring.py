@@ -174,3 +174,17 @@ def test_cross_subset_scores_rank_subset_queries_against_the_full_gallery(monkey
     assert text["like_for_like"]["mAP@1"] == pytest.approx(0.0)
     assert rows["T+I"]["modality_set"]["gallery_share"] == pytest.approx(25.0)
     assert rows["I"]["modality_set"]["top_share"] == 0.0  # no gallery item holds only an image
+
+
+def test_unreadable_inputs_are_collected_over_every_extraction(monkeypatch):
+    def with_a_failure(model, processor, items, modalities, **kwargs) -> dict:
+        result = table_embeddings(model, processor, items, modalities)
+        result["input_failures"] = [{"item_id": "d3", "modality": "image", "reason": "cut JPEG"}]
+        return result
+
+    monkeypatch.setattr(evaluation, "load_split", fake_split)
+    monkeypatch.setattr(evaluation, "extract_embeddings", with_a_failure)
+    data = evaluation.SplitEmbeddings("unused", list(SPLITS))
+    data.embed(None, None, ("image",), Namespace(batch_size=4, device="cpu", num_workers=0))
+    data.embed(None, None, ("text", "image"), Namespace(batch_size=4, device="cpu", num_workers=0))
+    assert [failure["item_id"] for failure in data.input_failures] == ["d3", "d3"]

@@ -117,6 +117,8 @@ class SplitEmbeddings:
         self.instances = {key: np.asarray(dataset["instance_id"]) for key, dataset in self.splits.items()}
         self.ids = {key: list(dataset["item_id"]) for key, dataset in self.splits.items()}
         self.item_ids = list(self.items["item_id"])
+        self.input_failures: list[dict] = []
+        """Inputs embedded as missing because they could not be read (item id, modality, reason)."""
 
     def embed(self, model, processor, modalities, args, splits=None) -> dict[str, dict[str, np.ndarray]]:
         """Embeddings of the items of `splits` (default: all) using `modalities`, per split."""
@@ -133,6 +135,7 @@ class SplitEmbeddings:
             num_workers=args.num_workers,
             normalize=False,
         )
+        self.input_failures.extend(result.get("input_failures", []))
         rows = self.rows_by_split(result["item_ids"], splits)
         return {
             key: {
@@ -609,6 +612,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             args.seed,
         )
 
+    results["input_failures"] = {"count": len(data.input_failures), "items": data.input_failures[:100]}
     results["seconds"] = round(time.perf_counter() - start, 1)
     markdown = format_tables(results)
     with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
