@@ -248,3 +248,16 @@ def test_modality_set_share_hand_worked():
     assert share["ratio"] == pytest.approx(1.0)
     favouring = modality_set_share(np.array([[0, 1, 2], [2, 3, 0]]), query_sets, gallery_sets, k=2)
     assert favouring["top_share"] == pytest.approx(100.0) and favouring["ratio"] == pytest.approx(2.0)
+
+
+def test_modality_set_share_edges_default_k_and_float_masks():
+    gallery_sets = np.array([[1.0, 0, 0, 0, 0]] * 11 + [[1.0, 0, 1, 0, 0]])  # 0./1. masks work like 0/1
+    # query 0 holds all five modalities (no gallery item does); query 1 finds a single item, text-only
+    query_sets = np.array([[1.0, 1, 1, 1, 1], [1.0, 0, 0, 0, 0]])
+    ranked = np.array([list(range(12)), [3] + [-1] * 11])
+    share = modality_set_share(ranked, query_sets, gallery_sets)  # k = 10 by default
+    assert share["top_share"] == pytest.approx((0 + 100) / 2)
+    assert share["gallery_share"] == pytest.approx((0 + 100 * 11 / 12) / 2)
+    text_image = np.array([[1.0, 0, 1, 0, 0]])
+    only_the_eleventh = modality_set_share(np.array([[0] * 10 + [11]]), text_image, gallery_sets)
+    assert only_the_eleventh["top_share"] == 0.0  # item 11 is past the default top 10
