@@ -123,7 +123,15 @@ def main(argv: list[str] | None = None) -> None:
     run_step(
         "convert",
         (data / "README.md").exists() and (data / "_conversion" / "summary.json").exists(),
-        [python, "-m", "dataset_script.convert", str(raw), str(data), "--num-proc", str(os.cpu_count() or 1)],
+        [
+            python,
+            "-m",
+            "dataset_script.convert_datatrove",  # convert() on datatrove's local executor
+            str(raw),
+            str(data),
+            "--workers",
+            str(os.cpu_count() or 1),
+        ],
         timings,
     )
 
