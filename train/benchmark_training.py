@@ -214,12 +214,12 @@ def main() -> None:
     print(
         f"SCALE {result['preset']} preset on {result['device']} ({result['precision']}, "
         f"{result['attention']}, {result['parameters'] / 1e6:.1f} M parameters)\n"
-        f"  pretraining: batch {result['batch_size']}, {result['train_samples_per_second']:.1f} samples/s, "
+        f"  pretraining: batch {result['batch_size']}, {result['train_samples_per_second']:.2f} samples/s, "
         f"{result['train_tokens_per_second']:,.0f} JCT tokens/s, "
         f"{result['train_gflops_per_sample']:.1f} GFLOP/sample, "
         f"{result['train_tflops_achieved']:.2f} TFLOP/s, MFU {mfu}\n"
         f"  embedding extraction: batch {result['embedding_batch_size']}, "
-        f"{result['embedding_products_per_second']:.1f} products/s "
+        f"{result['embedding_products_per_second']:.2f} products/s "
         f"({result['embedding_gflops_per_product']:.1f} GFLOP/product)"
     )
     if args.output:
