@@ -313,3 +313,16 @@ def test_mem_draws_the_80_10_10_action_once_per_entity(processor):
     assert total > 300
     assert abs(actions["mask"] / total - 0.8) < 0.06
     assert actions["random"] > 0.04 * total and actions["keep"] > 0.04 * total
+
+
+def test_pixels_must_split_into_patches_and_regions_without_a_mask_all_count(processor):
+    collator = DataCollatorForScalePretraining(processor, config=CONFIG, mask_probability=0.5, seed=4)
+    has_image = torch.tensor([[0, 0, 1, 0, 0]] * 3)
+    with pytest.raises(ValueError, match=r"^pixel_values of 32x36 do not split into 8x8 patches$"):
+        collator({"pixel_values": torch.zeros(3, 3, 32, 36), "modality_mask": has_image})
+    regions = torch.ones(3, 6, 4)
+    batch = collator({"image_features": regions, "modality_mask": has_image})  # no image_mask: all valid
+    masked = batch["masked_image_positions"]
+    assert masked.any() and (~masked).any()
+    assert torch.equal(batch["image_features"], regions * (~masked)[..., None])
+    assert torch.equal(batch["image_targets"], regions)
