@@ -261,3 +261,29 @@ def test_modality_set_share_edges_default_k_and_float_masks():
     text_image = np.array([[1.0, 0, 1, 0, 0]])
     only_the_eleventh = modality_set_share(np.array([[0] * 10 + [11]]), text_image, gallery_sets)
     assert only_the_eleventh["top_share"] == 0.0  # item 11 is past the default top 10
+
+
+def test_ranking_edges_no_positive_no_query_and_too_short_hit_lists():
+    from train.metrics import ranking_metrics
+
+    hits = np.array([[True, False, True], [False, False, False]])
+    scores = ranking_metrics(hits, np.array([2, 0]), np.array([3, 3]), ks=(3,))
+    # query 0: k' = min(3, 2 positives) = 2, one hit in the top 2 -> AP 1, Prec 1/2; query 1 has none: 0
+    assert scores["mAP@3"] == pytest.approx(100 * (1 + 0) / 2)
+    assert scores["Prec@3"] == pytest.approx(100 * (1 / 2 + 0) / 2)
+    assert ranking_metrics(np.zeros((0, 3), bool), np.zeros(0), np.zeros(0), ks=(1,)) == {
+        "mAP@1": 0.0,
+        "Prec@1": 0.0,
+    }
+    with pytest.raises(ValueError, match=r"^hit lists of length 3 are too short for k=5$"):
+        ranking_metrics(hits, np.array([5, 5]), np.array([9, 9]), ks=(5,))
+
+
+def test_retrieval_ids_must_come_in_pairs_of_the_right_lengths():
+    embeds, labels = np.eye(3, dtype=np.float32), [0, 1, 0]
+    with pytest.raises(ValueError, match=r"^pass both query_ids and gallery_ids \(to remove"):
+        retrieval_metrics(embeds, labels, embeds, labels, query_ids=["a", "b", "c"])
+    with pytest.raises(
+        ValueError, match=r"^query_ids / gallery_ids must match the number of query / gallery"
+    ):
+        retrieval_metrics(embeds, labels, embeds, labels, query_ids=["a", "b"], gallery_ids=["a", "b", "c"])
