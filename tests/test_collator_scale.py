@@ -326,3 +326,27 @@ def test_pixels_must_split_into_patches_and_regions_without_a_mask_all_count(pro
     assert masked.any() and (~masked).any()
     assert torch.equal(batch["image_features"], regions * (~masked)[..., None])
     assert torch.equal(batch["image_targets"], regions)
+
+
+def test_extra_fields_numbers_become_tensors_ids_stay_strings_and_shapes_must_agree(processor):
+    collator = DataCollatorForScalePretraining(processor, config=CONFIG, seed=5)
+    rows = [
+        {"input_ids": [101, 2000, 102], "attention_mask": [1, 1, 1], "label": 3, "item_id": "a"},
+        {"input_ids": [101, 2001, 2002, 102], "attention_mask": [1, 1, 1, 1], "label": 7, "item_id": "b"},
+    ]
+    rows[0]["weight"], rows[1]["weight"] = torch.tensor([0.5]), torch.tensor([2.0])
+    batch = collator(rows)
+    assert torch.equal(batch["label"], torch.tensor([3, 7]))
+    assert batch["item_id"] == ["a", "b"]
+    assert torch.equal(batch["weight"], torch.tensor([[0.5], [2.0]]))
+    with pytest.raises(ValueError, match=r"^sample 1 has shape \(2, 3\), others \(2, 4\)$"):
+        collator([{"image_features": torch.zeros(2, 4)}, {"image_features": torch.zeros(2, 3)}])
+
+
+def test_frames_without_a_video_mask_all_count(processor):
+    collator = DataCollatorForScalePretraining(processor, config=CONFIG, mask_probability=0.5, seed=6)
+    frames = torch.ones(3, 5, 4)
+    batch = collator({"video_features": frames, "modality_mask": torch.tensor([[0, 0, 0, 1, 0]] * 3)})
+    masked = batch["masked_video_positions"]
+    assert masked.shape == (3, 5) and masked.any() and (~masked).any()
+    assert torch.equal(batch["video_features"], frames * (~masked)[..., None])
