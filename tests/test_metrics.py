@@ -287,3 +287,15 @@ def test_retrieval_ids_must_come_in_pairs_of_the_right_lengths():
         ValueError, match=r"^query_ids / gallery_ids must match the number of query / gallery"
     ):
         retrieval_metrics(embeds, labels, embeds, labels, query_ids=["a", "b"], gallery_ids=["a", "b", "c"])
+
+
+def test_self_removal_when_the_querys_own_item_sorts_first():
+    """The query's (id, label) pair sorts first in the gallery: its own item still leaves the positives."""
+    query = np.array([[1.0, 0.0, 0.0]], np.float32)
+    gallery = np.array([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]], np.float32)
+    scores = retrieval_metrics(
+        query, [0], gallery, [0, 0, 1], ks=(1, 5), query_ids=["a"], gallery_ids=["a", "b", "c"]
+    )
+    # without "a": one positive (b), ranked first -> k' = 1 for every k
+    assert scores["Prec@1"] == scores["Prec@5"] == scores["mAP@5"] == pytest.approx(100.0)
+    assert scores["queries_without_positives"] == 0
