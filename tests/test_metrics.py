@@ -299,3 +299,14 @@ def test_self_removal_when_the_querys_own_item_sorts_first():
     # without "a": one positive (b), ranked first -> k' = 1 for every k
     assert scores["Prec@1"] == scores["Prec@5"] == scores["mAP@5"] == pytest.approx(100.0)
     assert scores["queries_without_positives"] == 0
+
+
+def test_clustering_purity_of_an_impure_split_and_the_cluster_count_bounds():
+    embeds = np.array([[0.0, 0.0], [0.1, 0.0], [10.0, 0.0], [10.1, 0.0]])
+    labels = [0, 0, 0, 1]
+    # clusters {0, 1} (labels 0, 0) and {2, 3} (labels 0, 1): 3 of 4 items share their cluster's majority
+    assert clustering_metrics(embeds, labels)["Purity"] == pytest.approx(75.0)
+    assert clustering_metrics(embeds, labels, n_clusters=1)["Purity"] == pytest.approx(75.0)
+    assert clustering_metrics(embeds, labels, n_clusters=4)["Purity"] == pytest.approx(100.0)
+    with pytest.raises(ValueError, match=r"^n_clusters must lie in \[1, 4\] \(number of items\), got 5$"):
+        clustering_metrics(embeds, labels, n_clusters=5)
