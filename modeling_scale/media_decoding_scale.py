@@ -161,6 +161,7 @@ def load_image(source: Any, min_size: tuple[int, int] | None = None) -> PIL.Imag
     sharp edges more; pure pixel noise, all above the new Nyquist limit: ~6 on average), see
     tests/test_media_decoding.py."""
     if isinstance(source, PIL.Image.Image):
+        source.load()  # a lazily opened image is read now, while its file is still open
         return _pil_to_rgb(source)
     if isinstance(source, (np.ndarray, torch.Tensor)):
         array = _as_numpy(source)

@@ -250,3 +250,12 @@ def test_video_frames_decoded_at_the_model_size(tmp_path):
     expected = np.stack([resized(PIL.Image.fromarray(frame), (56, 64)) for frame in full])
     difference = np.abs(small.astype(int) - expected)
     assert difference.mean() < 1.5 and np.percentile(difference, 99) <= 8
+
+
+def test_a_lazily_opened_image_is_read_before_its_file_closes(tmp_path):
+    """The demo opens an upload in a `with` block and hands the PIL image on: it must survive the close."""
+    path = tmp_path / "photo.jpg"
+    PIL.Image.new("RGB", (40, 30), (200, 10, 10)).save(path)
+    with PIL.Image.open(path) as image:
+        loaded = load_image(image)
+    assert np.asarray(loaded.convert("RGB"))[0, 0].tolist() == pytest.approx([200, 10, 10], abs=3)
