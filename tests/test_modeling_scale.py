@@ -730,7 +730,9 @@ def test_paper_sized_model_runs_forward_and_backward():
         290e6 < stats["parameters_base_model"] < 300e6
     )  # 5 encoders + JCT of 6 BERT-base layers each, + stems
     assert stats["parameters_fusion_encoder"] == stats["parameters_per_encoder"]
-    assert 150e9 < stats["train_flops_per_sample"] < 250e9
+    # 193.5 GFLOP for the five masked tasks and SIMCL, plus the subset view's second JCT pass (forward and
+    # backward over the 339 fused tokens): 286.3 GFLOP
+    assert 260e9 < stats["train_flops_per_sample"] < 310e9
     assert math.isfinite(stats["loss"])
 
 
