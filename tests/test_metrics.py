@@ -248,6 +248,8 @@ def test_modality_set_share_hand_worked():
     assert share["ratio"] == pytest.approx(1.0)
     favouring = modality_set_share(np.array([[0, 1, 2], [2, 3, 0]]), query_sets, gallery_sets, k=2)
     assert favouring["top_share"] == pytest.approx(100.0) and favouring["ratio"] == pytest.approx(2.0)
+    image_only = modality_set_share(ranked, np.array([[0, 0, 1, 0, 0]] * 2), gallery_sets, k=3)
+    assert image_only == {"top_share": 0.0, "gallery_share": 0.0, "ratio": None}
 
 
 def test_modality_set_share_edges_default_k_and_float_masks():

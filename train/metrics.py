@@ -112,7 +112,7 @@ def modality_set_share(
     Returns:
         `top_share`: % of the top-k items whose modality set equals the query's; `gallery_share`: % of the
         gallery holding the query's set (both averaged over queries); `ratio` = top_share / gallery_share
-        (1 = the ranking ignores which modalities items have).
+        (1 = the ranking ignores which modalities items have; None when no gallery item holds the set).
     """
     bits = 2 ** np.arange(np.shape(query_sets)[1])
     query_codes = np.asarray(query_sets, np.int64) @ bits
@@ -125,7 +125,7 @@ def modality_set_share(
     return {
         "top_share": top_share,
         "gallery_share": gallery_share,
-        "ratio": top_share / gallery_share if gallery_share else float("inf"),
+        "ratio": top_share / gallery_share if gallery_share else None,
     }
 
 
