@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> None:
         timings,
     )
 
+    # The generated sample has a closed vocabulary (the generator's words): trimming the tokenizer to it
+    # loses nothing and makes the MLM / MEM heads cheap. Real data is never trimmed: a word that only the
+    # evaluation or a search uses would be split into characters and lose its pretrained embedding (emoji
+    # data: the untrained text encoder fell from coarse mAP@10 69.97 to 59.95).
+    trim = [] if args.raw_dir else ["--trim_vocabulary"]
     runs = [("", [])]
     if args.simcl_ablation:
         runs.append(("_no_simcl", ["--config_overrides", "use_simcl=false"]))
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
                 str(pretrained),
                 "--model_config",
                 args.model_config,
-                "--trim_vocabulary",
+                *trim,
                 *overrides,
                 *training_options(args, args.pretrain_epochs),
                 *args.pretrain_args.split(),

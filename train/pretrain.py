@@ -71,7 +71,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--trim_vocabulary",
         action="store_true",
-        help="keep only the tokens the corpus uses (+ single characters): small-data runs",
+        help="keep only the tokens the pretraining corpus uses (+ single characters), for a closed "
+        "vocabulary such as the generated sample's: other text (evaluation, search queries) whose words the "
+        "corpus lacks is split into characters and loses what the pretrained embeddings knew",
     )
     parser.add_argument(
         "--modalities",
