@@ -252,16 +252,9 @@ def cross_subset_scores(data: SplitEmbeddings, coarse: dict, kind: str, backend:
         ids = (data.ids[query_key], data.ids[gallery_key])
         ranked = ranked_gallery(query_x, gallery_x, 10, *ids, backend=backend)
         features = {key: features_of(split, kind) for key, split in embeds.items()}
+        cross = {query_key: features[query_key], gallery_key: features_of(full, kind)}
         rows[combination_name(combination)] = {
-            "cross": retrieval_metrics(
-                query_x,
-                data.labels[query_key],
-                gallery_x,
-                data.labels[gallery_key],
-                query_ids=ids[0],
-                gallery_ids=ids[1],
-                backend=backend,
-            ),
+            "cross": retrieval_scores(data, cross, "retrieval_coarse", "label", backend),
             "like_for_like": retrieval_scores(data, features, "retrieval_coarse", "label", backend),
             "modality_set": modality_set_share(
                 ranked, embeds[query_key]["modality_mask"], full["modality_mask"]
