@@ -106,7 +106,8 @@ class DataCollatorForScalePretraining:
 
     Args:
         processor_or_tokenizer: a [`ScaleProcessor`] or its tokenizer (pads token fields, gives [MASK]).
-        config: a [`ScaleConfig`] giving `mask_probability`, `patch_size` and `audio_subsampling`.
+        config: a [`ScaleConfig`] giving `mask_probability`, `patch_size`, `audio_subsampling` and
+            `subset_keep_probability`.
         mask_probability, patch_size, audio_subsampling, subset_keep_probability: explicit values (override
             the config).
         generator: a seeded `torch.Generator` makes the masks deterministic; `seed` creates one.
