@@ -51,3 +51,15 @@ def test_main_job_runs_end_to_end_and_skips_finished_steps(tmp_path, capsys):
         "skipped"
     }
     assert "**Table 3**" in capsys.readouterr().out
+
+
+def test_only_the_generated_sample_has_its_vocabulary_trimmed(tmp_path):
+    """Real data keeps the text encoder's whole vocabulary: a word only a query uses keeps its embedding."""
+    root, data = tmp_path, tmp_path / "m5product"
+    for argv, trimmed in (([], True), (["--raw_dir", str(tmp_path / "raw")], False)):
+        args = main_job.parse_args([*argv, "--simcl_ablation"])
+        commands = main_job.pretraining_commands(args, root, data)
+        assert [suffix for suffix, _ in commands] == ["", "_no_simcl"]
+        for _, command in commands:
+            assert ("--trim_vocabulary" in command) is trimmed, (argv, command)
+            assert command[command.index("--data_dir") + 1] == str(data)

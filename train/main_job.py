@@ -96,6 +96,39 @@ def training_options(args: argparse.Namespace, epochs: float) -> list[str]:
     return options
 
 
+def pretraining_commands(args: argparse.Namespace, root: Path, data: Path) -> list[tuple[str, list[str]]]:
+    """(output suffix, command) of each pretraining run: the main one, and without SIMCL for the ablation.
+
+    The generated sample has a closed vocabulary (the generator's words): trimming the tokenizer to it loses
+    nothing and makes the MLM / MEM heads cheap. Real data (`--raw_dir`) is never trimmed: a word that only
+    the evaluation or a search uses would be split into characters and lose its pretrained embedding (emoji
+    data: the untrained text encoder fell from coarse mAP@10 69.97 to 59.95)."""
+    trim = [] if args.raw_dir else ["--trim_vocabulary"]
+    runs = [("", [])]
+    if args.simcl_ablation:
+        runs.append(("_no_simcl", ["--config_overrides", "use_simcl=false"]))
+    return [
+        (
+            suffix,
+            [
+                sys.executable,
+                "train/pretrain.py",
+                "--data_dir",
+                str(data),
+                "--output_dir",
+                str(root / f"pretrain{suffix}"),
+                "--model_config",
+                args.model_config,
+                *trim,
+                *overrides,
+                *training_options(args, args.pretrain_epochs),
+                *args.pretrain_args.split(),
+            ],
+        )
+        for suffix, overrides in runs
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -135,35 +168,10 @@ def main(argv: list[str] | None = None) -> None:
         timings,
     )
 
-    # The generated sample has a closed vocabulary (the generator's words): trimming the tokenizer to it
-    # loses nothing and makes the MLM / MEM heads cheap. Real data is never trimmed: a word that only the
-    # evaluation or a search uses would be split into characters and lose its pretrained embedding (emoji
-    # data: the untrained text encoder fell from coarse mAP@10 69.97 to 59.95).
-    trim = [] if args.raw_dir else ["--trim_vocabulary"]
-    runs = [("", [])]
-    if args.simcl_ablation:
-        runs.append(("_no_simcl", ["--config_overrides", "use_simcl=false"]))
-    for suffix, overrides in runs:
+    pretraining = pretraining_commands(args, root, data)
+    for suffix, command in pretraining:
         pretrained = root / f"pretrain{suffix}"
-        run_step(
-            f"pretrain{suffix}",
-            (pretrained / "training_summary.json").exists(),
-            [
-                python,
-                "train/pretrain.py",
-                "--data_dir",
-                str(data),
-                "--output_dir",
-                str(pretrained),
-                "--model_config",
-                args.model_config,
-                *trim,
-                *overrides,
-                *training_options(args, args.pretrain_epochs),
-                *args.pretrain_args.split(),
-            ],
-            timings,
-        )
+        run_step(f"pretrain{suffix}", (pretrained / "training_summary.json").exists(), command, timings)
     finetuned = root / "finetune"
     run_step(
         "finetune",
@@ -181,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         ],
         timings,
     )
-    for suffix, _ in runs:
+    for suffix, _ in pretraining:
         evaluation = root / f"eval{suffix}"
         command = [
             python,
