@@ -479,12 +479,7 @@ def main() -> None:
     parser.add_argument("--num-shards", type=int, default=1, help="number of machines sharing the work")
     parser.add_argument("--row-group-size", type=int, default=100)
     parser.add_argument("--max-items-in-memory", type=int, default=1_000_000)
-    defaults = MediaReading()
-    parser.add_argument(
-        "--video-fps", type=float, default=defaults.video_fps, help="video frames training samples per second"
-    )
-    parser.add_argument("--max-video-frames", type=int, default=defaults.max_video_frames)
-    parser.add_argument("--max-audio-seconds", type=float, default=defaults.max_audio_seconds)
+    MediaReading.add_arguments(parser)
     args = parser.parse_args()
     convert(
         args.raw_dir,
@@ -495,11 +490,7 @@ def main() -> None:
         num_shards=args.num_shards,
         row_group_size=args.row_group_size,
         max_items_in_memory=args.max_items_in_memory,
-        reading=MediaReading(
-            video_fps=args.video_fps,
-            max_video_frames=args.max_video_frames,
-            max_audio_seconds=args.max_audio_seconds,
-        ),
+        reading=MediaReading.from_arguments(args),
     )
 
 

@@ -154,10 +154,7 @@ def main() -> None:
     parser.add_argument("--time", default="04:00:00", help="Slurm time limit per task")
     parser.add_argument("--cpus-per-task", type=int, default=1, help="Slurm / Ray")
     parser.add_argument("--mem-per-cpu-gb", type=float, default=4, help="Slurm / Ray")
-    defaults = MediaReading()
-    parser.add_argument("--video-fps", type=float, default=defaults.video_fps)
-    parser.add_argument("--max-video-frames", type=int, default=defaults.max_video_frames)
-    parser.add_argument("--max-audio-seconds", type=float, default=defaults.max_audio_seconds)
+    MediaReading.add_arguments(parser)
     args = parser.parse_args()
     workers = args.workers
     if args.executor == "local" and workers == -1:
@@ -177,11 +174,7 @@ def main() -> None:
         workers=workers,
         items_per_shard=args.items_per_shard,
         row_group_size=args.row_group_size,
-        reading=MediaReading(
-            video_fps=args.video_fps,
-            max_video_frames=args.max_video_frames,
-            max_audio_seconds=args.max_audio_seconds,
-        ),
+        reading=MediaReading.from_arguments(args),
         **cluster,
     )
 

@@ -23,6 +23,7 @@ annotation file is reported with its name, line and column.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -264,6 +265,23 @@ class MediaReading:
     video_fps: float = 1.0
     max_video_frames: int = 12
     max_audio_seconds: float = 12.0
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """The converters' command-line options for these settings (read back by `from_arguments`)."""
+        defaults = MediaReading()
+        parser.add_argument(
+            "--video-fps",
+            type=float,
+            default=defaults.video_fps,
+            help="video frames training samples per second",
+        )
+        parser.add_argument("--max-video-frames", type=int, default=defaults.max_video_frames)
+        parser.add_argument("--max-audio-seconds", type=float, default=defaults.max_audio_seconds)
+
+    @classmethod
+    def from_arguments(cls, args: argparse.Namespace) -> MediaReading:
+        return cls(args.video_fps, args.max_video_frames, args.max_audio_seconds)
 
 
 def _check_image(data: bytes, reading: MediaReading = MediaReading()) -> None:

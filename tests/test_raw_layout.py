@@ -1,8 +1,16 @@
+import argparse
 import json
 
 import pytest
 
-from dataset_script.raw_layout import ItemIssues, format_pv, iter_annotations, parse_pv, read_media
+from dataset_script.raw_layout import (
+    ItemIssues,
+    MediaReading,
+    format_pv,
+    iter_annotations,
+    parse_pv,
+    read_media,
+)
 
 
 def test_parse_pv_keeps_every_well_formed_pair():
@@ -70,3 +78,11 @@ def test_a_truncated_video_is_corrupt_wherever_its_index_is(tmp_path, index_at_f
     assert list(issues.corrupt_media) == ["video"]
     assert read_media(str(tmp_path), "video", "3", issues) is None  # absent: missing, not corrupt
     assert list(issues.corrupt_media) == ["video"]
+
+
+def test_media_reading_command_line_options_round_trip():
+    parser = argparse.ArgumentParser()
+    MediaReading.add_arguments(parser)
+    assert MediaReading.from_arguments(parser.parse_args([])) == MediaReading()
+    args = parser.parse_args(["--video-fps", "2", "--max-video-frames", "5", "--max-audio-seconds", "3.5"])
+    assert MediaReading.from_arguments(args) == MediaReading(2.0, 5, 3.5)
