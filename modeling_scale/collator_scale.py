@@ -79,13 +79,13 @@ def _pad_stack(rows: list[torch.Tensor | None], side: str = "right", value: floa
 def draw_modality_subset(
     present: torch.Tensor, keep_probability: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """(B, M) bool: each present modality kept with `keep_probability`; the present modality that drew the
-    lowest number always stays, so a product keeps at least one of the modalities it has."""
+    """Bool like `present` ((..., M)): each present modality kept with `keep_probability`; the present
+    modality that drew the lowest number always stays, so a product keeps at least one of those it has."""
     present = present.bool()
     draws = torch.rand(present.shape, generator=generator)
     keep = present & (draws < keep_probability)
     first = torch.where(present, draws, 2.0).argmin(dim=-1)
-    return keep | (torch.nn.functional.one_hot(first, present.shape[1]).bool() & present)
+    return keep | (torch.nn.functional.one_hot(first, present.shape[-1]).bool() & present)
 
 
 class DataCollatorForScalePretraining:
@@ -101,15 +101,15 @@ class DataCollatorForScalePretraining:
     - MRP / MFP / MAM: image patches (pixel path, row-major) or regions (feature path), video frames, and
       groups of `audio_subsampling` audio frames. `masked_{image,video,audio}_positions` (B, N) marks them,
       the input is zeroed there, and `{image,video,audio}_targets` keeps an unmasked copy of the input.
-    - `subset_modality_mask` (B, 5): a random subset of each product's modalities (each kept with
-      `subset_keep_probability`, at least one), the second view of the subset-consistency loss.
+    - `subset_modality_mask` (B, V, 5): `num_subset_views` random subsets of each product's modalities (each
+      kept with `subset_keep_probability`, at least one), the extra views of the subset-consistency loss.
 
     Args:
         processor_or_tokenizer: a [`ScaleProcessor`] or its tokenizer (pads token fields, gives [MASK]).
-        config: a [`ScaleConfig`] giving `mask_probability`, `patch_size`, `audio_subsampling` and
-            `subset_keep_probability`.
-        mask_probability, patch_size, audio_subsampling, subset_keep_probability: explicit values (override
-            the config).
+        config: a [`ScaleConfig`] giving `mask_probability`, `patch_size`, `audio_subsampling`,
+            `subset_keep_probability` and `num_subset_views`.
+        mask_probability, patch_size, audio_subsampling, subset_keep_probability, num_subset_views: explicit
+            values (override the config).
         generator: a seeded `torch.Generator` makes the masks deterministic; `seed` creates one.
     """
 
@@ -121,6 +121,7 @@ class DataCollatorForScalePretraining:
         patch_size: int | None = None,
         audio_subsampling: int | None = None,
         subset_keep_probability: float | None = None,
+        num_subset_views: int | None = None,
         generator: torch.Generator | None = None,
         seed: int | None = None,
     ):
@@ -134,6 +135,7 @@ class DataCollatorForScalePretraining:
         self.subset_keep_probability = (
             defaults.subset_keep_probability if subset_keep_probability is None else subset_keep_probability
         )
+        self.num_subset_views = defaults.num_subset_views if num_subset_views is None else num_subset_views
         if not 0.0 < self.mask_probability < 1.0:
             raise ValueError(f"mask_probability must lie in (0, 1), got {self.mask_probability}")
         if self.tokenizer.mask_token_id is None or self.tokenizer.pad_token_id is None:
@@ -306,8 +308,9 @@ class DataCollatorForScalePretraining:
             self._mask_video(batch, present[:, MODALITIES.index("video")])
         if "audio_features" in batch:
             self._mask_audio(batch, present[:, MODALITIES.index("audio")])
+        views = present[:, None].expand(-1, self.num_subset_views, -1)
         batch["subset_modality_mask"] = draw_modality_subset(
-            present, self.subset_keep_probability, self.generator
+            views, self.subset_keep_probability, self.generator
         ).long()
         return batch
 

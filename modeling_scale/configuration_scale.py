@@ -56,12 +56,13 @@ class ScaleConfig(PreTrainedConfig):
             the ablation of the paper.
         mask_probability: masking rate of every pretext task (MLM, MEM, MRP, MFP, MAM).
         subset_loss_weight: weight of the subset-consistency term of pretraining (0 switches it off): each
-            product is fused a second time from a random subset of its modalities, and an InfoNCE over the
-            batch pulls that `product_embeds` to the same product's full one (and away from other
-            products'), so a query holding some modalities finds products by content, not by which
-            modalities they have.
-        subset_keep_probability: chance that each present modality stays in the subset view (at least one
+            product is fused again from `num_subset_views` random subsets of its modalities, and NT-Xent over
+            the batch (`multiview_contrastive_loss`) pulls each product's views together and away from every
+            view of the other products, so a query holding some modalities finds products by content, not by
+            which modalities they have.
+        subset_keep_probability: chance that each present modality stays in a subset view (at least one
             always stays).
+        num_subset_views: subset views drawn per product besides the full one (each costs one more JCT pass).
     """
 
     model_type = "scale"
@@ -102,6 +103,7 @@ class ScaleConfig(PreTrainedConfig):
         mask_probability: float = 0.15,
         subset_loss_weight: float = 1.0,
         subset_keep_probability: float = 0.5,
+        num_subset_views: int = 2,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -137,6 +139,7 @@ class ScaleConfig(PreTrainedConfig):
         self.mask_probability = mask_probability
         self.subset_loss_weight = subset_loss_weight
         self.subset_keep_probability = subset_keep_probability
+        self.num_subset_views = num_subset_views
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self._check_consistency()
 
@@ -173,6 +176,8 @@ class ScaleConfig(PreTrainedConfig):
             problems.append(f"mask_probability must lie in (0, 1), got {self.mask_probability}")
         if not 0.0 < self.subset_keep_probability <= 1.0:
             problems.append(f"subset_keep_probability must lie in (0, 1], got {self.subset_keep_probability}")
+        if self.num_subset_views < 1:
+            problems.append(f"num_subset_views must be >= 1, got {self.num_subset_views}")
         if self.subset_loss_weight < 0:
             problems.append(f"subset_loss_weight must be >= 0, got {self.subset_loss_weight}")
         if self.temperature <= 0:

@@ -26,7 +26,7 @@ from transformers.utils.output_capturing import CompileableContextVar
 
 from .configuration_scale import MODALITIES, ScaleConfig
 from .input_validation_scale import check_class_labels, check_model_inputs
-from .simcl import alignment_scores, pairwise_contrastive_loss, simcl_contrastive_loss
+from .simcl import alignment_scores, multiview_contrastive_loss, simcl_contrastive_loss
 
 MODEL_INPUT_NAMES = (
     "input_ids", "attention_mask",
@@ -629,9 +629,12 @@ class ScalePreTrainedModel(PreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, (ScaleImageEmbeddings, ScaleVideoEmbeddings, ScaleAudioEmbeddings)):
             init.normal_(module.cls_embedding, mean=0.0, std=self.config.initializer_range)
-        elif isinstance(module, ScaleModel) and module.alignment_parameter is not None:
-            # "learned" S starts at all ones (k * S * softmax(S) = 1): SIMCL starts as the unweighted losses.
-            init.ones_(module.alignment_parameter)
+        elif isinstance(module, ScaleModel):
+            init.zeros_(module.product_projection.weight)  # product_embeds start as the pooled JCT states
+            init.zeros_(module.product_projection.bias)
+            if module.alignment_parameter is not None:
+                # "learned" S starts at all ones (k * S * softmax(S) = 1): SIMCL starts unweighted.
+                init.ones_(module.alignment_parameter)
 
     def load_text_encoder_weights(self, bert: "str | os.PathLike | PreTrainedModel") -> list[str]:
         """Initialise the text embeddings and encoder from a BERT checkpoint (the paper starts from BERT).
@@ -728,6 +731,9 @@ class ScaleModel(ScalePreTrainedModel):
         )
         self.modality_type_embeddings = nn.Embedding(len(MODALITIES), config.hidden_size)
         self.fusion_encoder = ScaleEncoder(config, config.num_fusion_layers)
+        # The fused token states must keep their modality (the masked tasks read it); this residual map,
+        # trained by the subset-consistency loss from zero (identity), lets the product embedding drop it.
+        self.product_projection = nn.Linear(config.hidden_size, config.hidden_size)
         self.alignment_parameter = (
             nn.Parameter(torch.ones(len(MODALITIES), len(MODALITIES)))
             if config.alignment == "learned"
@@ -801,8 +807,9 @@ class ScaleModel(ScalePreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The JCT over the kept tokens: (fused states zeroed where not kept, fusion mask, product_embeds).
 
-        `product_embeds` is the mean over the modalities a sample keeps of their mean post-JCT token: every
-        modality counts once, however many tokens it has; the others are not counted."""
+        `product_embeds` is the mean over the modalities a sample keeps of their mean post-JCT token (every
+        modality counts once, however many tokens it has; the others are not counted), plus
+        `product_projection` of that mean."""
         fusion_mask = torch.cat([token_keep[name] for name in spans], dim=1)
         fused = self.fusion_encoder(fusion_inputs, fusion_mask)
         fused = torch.where(fusion_mask[..., None], fused, 0.0)
@@ -811,8 +818,8 @@ class ScaleModel(ScalePreTrainedModel):
             dim=1,
         )
         kept = torch.stack([token_keep[name].any(dim=-1) for name in spans], dim=1)
-        product_embeds = pooled.sum(dim=1) / kept.sum(dim=1, keepdim=True).clamp(min=1)
-        return fused, fusion_mask, product_embeds
+        pooled = pooled.sum(dim=1) / kept.sum(dim=1, keepdim=True).clamp(min=1)
+        return fused, fusion_mask, pooled + self.product_projection(pooled)
 
     def subset_product_embeds(self, encoding: _ScaleEncoding, keep_modalities: torch.Tensor) -> torch.Tensor:
         """`product_embeds` of the same products fused from only the modalities in `keep_modalities` (B, 5).
@@ -1125,9 +1132,9 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         the input tensor): MRP / MFP / MAM. The targets are turned into raw token vectors with the functions
         the model embeds its inputs with; the loss is the MSE over the masked, present tokens.
 
-        subset_modality_mask (`(B, 5)`): the modalities of each product's second, subset view (the collator
-        draws it); `subset_loss` (our addition, see `ScaleConfig.subset_loss_weight`) pulls that view's
-        `product_embeds` to the full one.
+        subset_modality_mask (`(B, V, 5)` or `(B, 5)` for one view): the modalities of each product's subset
+        views (the collator draws them); `subset_loss` (our addition, see `ScaleConfig.subset_loss_weight`)
+        pulls a product's `product_embeds` from those views and from all its modalities together.
 
         With `config.use_simcl`, S weights every term as in Eq. 3: the logits of pair (i, j) are scaled by
         S[i, j] (i < j) and the logits of modality i's masked task by S[i, i]; for the regression tasks the
@@ -1194,14 +1201,16 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         )
         terms["subset_loss"] = zero
         if subset_modality_mask is not None and self.config.subset_loss_weight > 0:
-            subset_loss, _ = pairwise_contrastive_loss(
-                encoding.product_embeds,
-                self.scale.subset_product_embeds(encoding, subset_modality_mask),
-                encoding.modality_mask.any(dim=-1),
-                self.config.temperature,
-                denominator="all",
+            subsets = (
+                subset_modality_mask if subset_modality_mask.dim() == 3 else subset_modality_mask[:, None]
             )
-            terms["subset_loss"] = self.config.subset_loss_weight * subset_loss
+            views = [encoding.product_embeds] + [
+                self.scale.subset_product_embeds(encoding, subsets[:, view])
+                for view in range(subsets.shape[1])
+            ]
+            terms["subset_loss"] = self.config.subset_loss_weight * multiview_contrastive_loss(
+                torch.stack(views, dim=1), encoding.modality_mask.any(dim=-1), self.config.temperature
+            )
         model_output = encoding.model_output()
         return ScaleForPreTrainingOutput(
             loss=sum(terms.values()),

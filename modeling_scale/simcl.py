@@ -7,6 +7,8 @@ Everything that couples modalities *through the loss* lives here, batched and fr
 - `pairwise_contrastive_loss` is the paper's Eq. 2 (denominator = the 2(N-1) cross-modal negatives only) or
   the standard symmetric InfoNCE, optionally with each sample's logits scaled by S[i, j] (Eq. 3).
 - `simcl_contrastive_loss` averages it over the modality pairs that have at least one usable sample.
+- `multiview_contrastive_loss` (our subset-consistency term, not SIMCL's) is NT-Xent over several views of
+  each product.
 - `gather_with_grad` brings the negatives of every process into the loss (as FLAVA does), keeping gradients.
 """
 
@@ -143,6 +145,47 @@ def pairwise_contrastive_loss(
     return loss, count
 
 
+def multiview_contrastive_loss(views: torch.Tensor, valid: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NT-Xent (SimCLR) over V views of each product, e.g. its embedding fused from all its modalities and
+    from random subsets of them.
+
+    Each view is an anchor; its positives are the same product's other V - 1 views (the loss is their mean
+    -log softmax), its candidates every view of every usable product but itself. Views of the same kind
+    belong to the negatives too (another product's caption-only view against this one's), so a view's
+    modality set cannot tell products apart: a symmetric InfoNCE between the full and one subset view never
+    puts two subset views side by side.
+
+    Args:
+        views: (B, V, D) embeddings, V >= 2; negatives come from every process (`gather_with_grad`).
+        valid: (B,) products that take part (neither anchors nor negatives otherwise).
+
+    Returns:
+        The mean over the usable local anchors (float32); 0 with fewer than two usable products.
+    """
+    batch_size, num_views = views.shape[:2]
+    if num_views < 2:
+        raise ValueError(f"multiview_contrastive_loss needs at least 2 views per product, got {num_views}")
+    valid = valid.bool()
+    z = F.normalize(views.float(), dim=-1)
+    all_z, offset = gather_with_grad(z)
+    all_valid = gather_with_grad(valid.float())[0].bool()
+    logits = torch.einsum("bvd,gwd->bvgw", z, all_z) / temperature  # (B, V, G, V)
+
+    rows = torch.arange(batch_size, device=z.device) + offset
+    same_product = F.one_hot(rows, all_z.shape[0]).bool()[:, None, :, None]
+    same_view = torch.eye(num_views, dtype=torch.bool, device=z.device)[None, :, None, :]
+    itself = same_product & same_view
+    candidates = all_valid[None, None, :, None] & ~itself
+    positives = same_product & ~itself
+    log_z = torch.logsumexp(logits.masked_fill(~candidates, torch.finfo(logits.dtype).min), dim=(-2, -1))
+    positive_logits = (logits * positives).sum(dim=(-2, -1)) / (num_views - 1)
+    per_anchor = log_z - positive_logits  # (B, V)
+
+    usable = valid & (all_valid.sum() >= 2)
+    count = usable.sum().float() * num_views
+    return torch.where(usable[:, None], per_anchor, 0.0).sum() / count.clamp(min=1.0)
+
+
 def simcl_contrastive_loss(
     modality_embeds: torch.Tensor,
     modality_mask: torch.Tensor,
@@ -181,6 +224,7 @@ def simcl_contrastive_loss(
 __all__ = [
     "alignment_scores",
     "gather_with_grad",
+    "multiview_contrastive_loss",
     "pairwise_contrastive_loss",
     "simcl_contrastive_loss",
 ]

@@ -58,9 +58,8 @@ def paper_sized_batch(
     batch["video_targets"] = batch["video_features"].clone()
     batch["masked_audio_positions"] = masked(batch_size, audio_tokens)
     batch["audio_targets"] = batch["audio_features"].clone()
-    batch["subset_modality_mask"] = draw_modality_subset(
-        torch.ones(batch_size, len(MODALITIES), dtype=torch.bool), config.subset_keep_probability, g
-    ).long()
+    present = torch.ones(batch_size, config.num_subset_views, len(MODALITIES), dtype=torch.bool)
+    batch["subset_modality_mask"] = draw_modality_subset(present, config.subset_keep_probability, g).long()
     return batch
 
 
