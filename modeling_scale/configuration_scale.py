@@ -7,7 +7,7 @@ from transformers import PreTrainedConfig
 MODALITIES: tuple[str, ...] = ("text", "table", "image", "video", "audio")
 """Modality order used everywhere: `modality_mask[:, i]`, `alignment_scores[:, i, j]`, loss names."""
 
-ALIGNMENT_MODES = ("feature", "learned")
+ALIGNMENT_MODES = ("feature", "learned", "bounded", "embedding")
 CONTRASTIVE_DENOMINATORS = ("negatives", "all")
 
 
@@ -47,7 +47,15 @@ class ScaleConfig(PreTrainedConfig):
             code computes, per sample): from the cosine similarities of the pre-JCT modality features,
             S <- S * softmax(S), rows L2-normalised. It is not the default because freshly initialised
             encoders give cross-modal cosines near 0, hence S near the identity and contrastive logits
-            scaled by near 0: the contrastive loss cannot leave chance.
+            scaled by near 0: the contrastive loss cannot leave chance. `"learned"` does not bound what S does
+            to the loss it is trained on: it scales the logits of aligned pairs up without limit and switches
+            unaligned ones off. Two bounded modes, whose weights always average 1 (each sample's present pairs
+            share a total equal to their number, its present modalities likewise on the diagonal), so S can
+            neither scale every term up nor switch every term off: `"bounded"`, a free 5x5 parameter through
+            that normalisation (still trained on the loss, so it moves weight towards the pairs and tasks
+            whose loss is lowest), and `"embedding"`, from how well each sample's modality features agree,
+            detached (no parameter: S is never rewarded for shrinking a term, its weights follow what the
+            encoders have aligned).
         temperature: InfoNCE temperature tau.
         contrastive_denominator: `"negatives"` is the paper's Eq. 2 (only the 2(N-1) cross-modal negatives in
             the denominator); `"all"` is the standard symmetric InfoNCE (as CLIP), whose softmax keeps the

@@ -633,7 +633,8 @@ class ScalePreTrainedModel(PreTrainedModel):
             init.zeros_(module.product_projection.weight)  # product_embeds start as the pooled JCT states
             init.zeros_(module.product_projection.bias)
             if module.alignment_parameter is not None:
-                # "learned" S starts at all ones (k * S * softmax(S) = 1): SIMCL starts unweighted.
+                # "learned" S starts at all ones (k * S * softmax(S) = 1), "bounded" S at a constant (a
+                # uniform softmax times the count = 1): SIMCL starts unweighted.
                 init.ones_(module.alignment_parameter)
 
     def load_text_encoder_weights(self, bert: "str | os.PathLike | PreTrainedModel") -> list[str]:
@@ -736,7 +737,7 @@ class ScaleModel(ScalePreTrainedModel):
         self.product_projection = nn.Linear(config.hidden_size, config.hidden_size)
         self.alignment_parameter = (
             nn.Parameter(torch.ones(len(MODALITIES), len(MODALITIES)))
-            if config.alignment == "learned"
+            if config.alignment in ("learned", "bounded")
             else None
         )
         self.post_init()

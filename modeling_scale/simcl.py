@@ -2,8 +2,9 @@
 
 Everything that couples modalities *through the loss* lives here, batched and free of host-device syncs:
 
-- `alignment_scores` builds S (B, M, M) per sample, in the released code's "feature" mode or the paper's
-  "learned" mode, with missing modalities excluded before the softmax and their rows/columns zeroed.
+- `alignment_scores` builds S (B, M, M) per sample, in the released code's "feature" mode, the paper's
+  "learned" mode, or one of two bounded modes ("bounded", "embedding") whose weights average 1, with missing
+  modalities excluded before the softmax and their rows/columns zeroed.
 - `pairwise_contrastive_loss` is the paper's Eq. 2 (denominator = the 2(N-1) cross-modal negatives only) or
   the standard symmetric InfoNCE, optionally with each sample's logits scaled by S[i, j] (Eq. 3).
 - `simcl_contrastive_loss` averages it over the modality pairs that have at least one usable sample.
@@ -30,6 +31,20 @@ def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.softmax(filled, dim=-1) * mask
 
 
+def _fixed_total_weights(scores: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
+    """(B, M, M) scores -> weights that average 1: a softmax over each sample's present pairs (i < j) times
+    their number, mirrored below the diagonal, and a softmax over its present modalities times their number
+    on the diagonal; zero wherever a modality is missing."""
+    present = modality_mask.bool()
+    upper = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).triu(1)
+    pairs = (present[:, :, None] & present[:, None, :] & upper).flatten(1)
+    pair_weights = _masked_softmax(scores.flatten(1), pairs) * pairs.sum(-1, keepdim=True)
+    pair_weights = pair_weights.view(scores.shape)
+    diagonal = scores.diagonal(dim1=1, dim2=2)
+    modality_weights = _masked_softmax(diagonal, present) * present.sum(-1, keepdim=True)
+    return pair_weights + pair_weights.transpose(1, 2) + torch.diag_embed(modality_weights)
+
+
 def alignment_scores(
     modality_embeds: torch.Tensor,
     modality_mask: torch.Tensor,
@@ -46,22 +61,46 @@ def alignment_scores(
             parameter S, S <- S * softmax(S, -1), multiplied by the number k of modalities present in the
             row, so that the all-ones initialisation (`ScalePreTrainedModel._init_weights`) weights every term
             by exactly 1. The paper's zero initialisation makes S * softmax(S) = 0, which zeroes every logit:
-            the encoders get no gradient and S only drifts on noise until it leaves 0.
-        alignment_parameter: (M, M) learnable scores, required for `"learned"`.
+            the encoders get no gradient and S only drifts on noise until it leaves 0. Nothing bounds it: S
+            trained on the loss it weights lowers that loss by scaling aligned pairs' logits up (Eq. 2 is
+            unbounded below) and switching unaligned pairs off.
+            The two bounded modes replace S * softmax(S) by a softmax alone, over each sample's present pairs
+            (i < j, mirrored) and, separately, over its present modalities (the diagonal), times their number:
+            the weights are >= 0 and average 1, so S cannot scale every term up or switch every term off.
+            `"bounded"` — the softmax of the symmetrised free parameter (the paper's learned S; any constant
+            start is the unweighted loss). Trained on the loss it weights, it still moves weight to the
+            lowest-loss terms, but, with every pair present, the mean of the pair losses whose logits it
+            scales stays >= log(2(N-1)) - 2 / tau, the floor of the unweighted Eq. 2 (each unit of weight
+            lowers an anchor's Eq. 2 term by at most 2 / tau). `"embedding"` — the abstract's "importance of
+            each modality learned directly from the modality embeddings", as the released code but bounded:
+            the softmax of each sample's cos(f_i, f_j) over its present pairs, and on the diagonal of each
+            modality's mean cosine with the sample's other modalities. It is computed from detached features,
+            so the loss never rewards the encoders for misaligning a pair to shrink its weight; a pair the
+            encoders cannot align (a noisy modality) falls behind the aligned ones, by a factor e per unit of
+            cosine.
+        alignment_parameter: (M, M) learnable scores, required for `"learned"` and `"bounded"`.
 
     Returns:
         (B, M, M) S in float32; rows and columns of missing modalities are zero, and a missing modality never
         enters another modality's softmax.
     """
     pair_mask = modality_mask.bool()[:, :, None] & modality_mask.bool()[:, None, :]
-    if mode == "feature":
+    if mode in ("feature", "embedding"):
         features = F.normalize(modality_embeds.float(), dim=-1)
         scores = features @ features.transpose(1, 2)
+        if mode == "embedding":
+            scores = scores.detach()
+            others = pair_mask & ~torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)
+            agreement = (scores * others).sum(-1) / others.sum(-1).clamp(min=1)
+            return _fixed_total_weights(scores.diagonal_scatter(agreement, dim1=1, dim2=2), modality_mask)
         harmonised = scores * _masked_softmax(scores, pair_mask)
         return F.normalize(harmonised, dim=-1)
-    if mode == "learned":
+    if mode in ("learned", "bounded"):
         if alignment_parameter is None:
-            raise ValueError('alignment mode "learned" needs the (M, M) alignment_parameter')
+            raise ValueError(f'alignment mode "{mode}" needs the (M, M) alignment_parameter')
+        if mode == "bounded":
+            symmetric = 0.5 * (alignment_parameter + alignment_parameter.T)
+            return _fixed_total_weights(symmetric.float().expand(pair_mask.shape), modality_mask)
         scores = alignment_parameter.float().expand(pair_mask.shape)
         present = pair_mask.sum(dim=-1, keepdim=True)
         return scores * _masked_softmax(scores, pair_mask) * present

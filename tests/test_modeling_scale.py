@@ -247,6 +247,8 @@ def test_model_output_shapes(config, image, video):
         ("features", "features", "learned"),
         ("pixels", "pixels", "learned"),
         ("features", "features", "feature"),
+        ("features", "features", "bounded"),
+        ("features", "features", "embedding"),
     ],
 )
 def test_masked_out_values_change_no_output(config, image, video, alignment):

@@ -1,5 +1,6 @@
-"""SIMCL: the alignment matrix S in both modes, Eq. 2 vs standard InfoNCE against hand computations, the pair
-average, and negatives gathered (with gradients) from several processes."""
+"""SIMCL: the alignment matrix S in every mode, Eq. 2 vs standard InfoNCE against hand computations, the pair
+average, what optimising S can do to the loss, and negatives gathered (with gradients) from several
+processes."""
 
 import math
 import socket
@@ -174,8 +175,118 @@ def test_learned_alignment_zero_init_is_dead_and_ones_init_weights_by_one():
 def test_alignment_rejects_unknown_mode():
     with pytest.raises(ValueError, match="alignment mode"):
         alignment_scores(torch.zeros(1, 5, 2), torch.ones(1, 5), "both")
-    with pytest.raises(ValueError, match="alignment_parameter"):
-        alignment_scores(torch.zeros(1, 5, 2), torch.ones(1, 5), "learned")
+    for mode in ("learned", "bounded"):
+        with pytest.raises(ValueError, match=f'"{mode}" needs the .* alignment_parameter'):
+            alignment_scores(torch.zeros(1, 5, 2), torch.ones(1, 5), mode)
+
+
+def test_bounded_weights_average_one_over_present_pairs_and_modalities():
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 0, 1], [0, 0, 1, 0, 0]])
+    embeds = torch.zeros(3, 5, 4)
+    constant = torch.full((5, 5), 0.3)
+    pair = (mask[:, :, None] * mask[:, None, :]).float()
+    torch.testing.assert_close(alignment_scores(embeds, mask, "bounded", constant), pair)  # starts unweighted
+
+    parameter = torch.randn(5, 5, generator=torch.Generator().manual_seed(10), requires_grad=True)
+    scores = alignment_scores(embeds, mask, "bounded", parameter)
+    torch.testing.assert_close(scores, scores.transpose(1, 2))
+    assert torch.all(scores[1, [1, 3]] == 0) and torch.all(scores[1, :, [1, 3]] == 0)
+    present = [0, 2, 4]
+    symmetric = 0.5 * (parameter + parameter.T)
+    upper = [(i, j) for i in present for j in present if i < j]
+    expected_pairs = 3 * torch.stack([symmetric[i, j] for i, j in upper]).softmax(0)
+    torch.testing.assert_close(torch.stack([scores[1, i, j] for i, j in upper]), expected_pairs)
+    torch.testing.assert_close(scores[1].diagonal()[present], 3 * symmetric.diagonal()[present].softmax(0))
+    for row, sample in zip(scores, mask.bool(), strict=True):
+        pairs = sample[:, None] & sample[None, :] & torch.ones(5, 5, dtype=torch.bool).triu(1)
+        if pairs.any():
+            torch.testing.assert_close(row[pairs].mean(), torch.tensor(1.0))
+        torch.testing.assert_close(row.diagonal()[sample].mean(), torch.tensor(1.0))
+    scores.sum().backward()
+    assert parameter.grad.abs().sum() > 0
+
+
+def test_embedding_weights_follow_the_feature_agreement_without_gradient():
+    g = torch.Generator().manual_seed(11)
+    embeds = torch.randn(2, 5, 6, generator=g, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 0, 1, 0, 0]])
+    scores = alignment_scores(embeds, mask, "embedding")
+    assert not scores.requires_grad, "S must not reward the encoders for misaligning a pair"
+
+    features = F.normalize(embeds[0].detach(), dim=-1)
+    cosine = features @ features.T
+    upper = torch.ones(5, 5, dtype=torch.bool).triu(1)
+    torch.testing.assert_close(scores[0][upper], 10 * cosine[upper].softmax(0))
+    agreement = (cosine.sum(-1) - cosine.diagonal()) / 4
+    torch.testing.assert_close(scores[0].diagonal(), 5 * agreement.softmax(0))
+    # a sample with two modalities: one pair (weight 1), two modalities with the same agreement (1 each)
+    torch.testing.assert_close(scores[1][[0, 2]][:, [0, 2]], torch.ones(2, 2))
+    assert torch.all(scores[1, [1, 3, 4]] == 0) and torch.all(scores[1, :, [1, 3, 4]] == 0)
+
+
+def _aligned_batch(
+    generator: torch.Generator, batch: int = 8, noise: tuple[float, ...] = (0.1, 0.3, 0.5, 1.0)
+) -> torch.Tensor:
+    """(B, 5, 6): four modalities are views of one latent per sample with `noise` added, audio is noise."""
+    latent = torch.randn(batch, 6, generator=generator)
+    views = [latent + level * torch.randn(batch, 6, generator=generator) for level in noise]
+    return torch.stack([*views, torch.randn(batch, 6, generator=generator)], dim=1)
+
+
+def test_optimising_a_bounded_s_alone_cannot_push_the_loss_below_its_bound():
+    """Frozen features, S alone optimised hard on the loss whose logits it scales. The learned S drives the
+    loss far below anything the features justify; the bounded S stays above log(2(N-1)) - 2 / tau, the floor
+    of unweighted Eq. 2."""
+    embeds = _aligned_batch(torch.Generator().manual_seed(12))
+    batch = embeds.shape[0]
+    mask = torch.ones(batch, 5, dtype=torch.long)
+    bound = math.log(2 * (batch - 1)) - 2 / TAU
+
+    def optimised_loss(mode: str) -> float:
+        parameter = torch.ones(5, 5, requires_grad=True)
+        optimiser = torch.optim.Adam([parameter], lr=0.3)
+        for _ in range(300):
+            scores = alignment_scores(embeds, mask, mode, parameter)
+            loss = simcl_contrastive_loss(embeds, mask, TAU, alignment=scores)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        return loss.item()
+
+    assert optimised_loss("learned") < bound - 10
+    assert optimised_loss("bounded") >= bound - 1e-5
+
+
+@pytest.mark.parametrize("mode", ["bounded", "embedding"])
+def test_a_pure_noise_modality_loses_weight_and_the_informative_pairs_do_not(mode):
+    """Linear encoders and S trained together on fresh batches in which audio is pure noise and the other four
+    modalities are equally informative: every pair with audio ends below its starting weight 1, every other
+    pair above it. (Neither mode can tell noise from a pair that is only hard to align: both move weight away
+    from whatever is least aligned, or has the highest loss.)"""
+    torch.manual_seed(0)
+    encoders = torch.nn.ModuleList(torch.nn.Linear(6, 8) for _ in range(5))
+    parameter = torch.ones(5, 5, requires_grad=True)
+    optimiser = torch.optim.Adam([*encoders.parameters(), parameter], lr=0.05)
+    generator = torch.Generator().manual_seed(13)
+    mask = torch.ones(16, 5, dtype=torch.long)
+
+    def encode() -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = _aligned_batch(generator, batch=16, noise=(0.2,) * 4)
+        embeds = torch.stack([encoder(inputs[:, m]) for m, encoder in enumerate(encoders)], dim=1)
+        return embeds, alignment_scores(embeds, mask, mode, parameter if mode == "bounded" else None)
+
+    for _ in range(60):
+        embeds, scores = encode()
+        loss = simcl_contrastive_loss(embeds, mask, TAU, alignment=scores)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    with torch.no_grad():
+        scores = encode()[1].mean(0)
+    noise_pairs = scores[:4, 4]
+    informative_pairs = scores[:4, :4][torch.ones(4, 4, dtype=torch.bool).triu(1)]
+    assert noise_pairs.max() < 0.9, scores
+    assert informative_pairs.min() > 1.1, scores
 
 
 # ------------------------------------------------------------------------------------------------- processes
