@@ -9,6 +9,10 @@ MODALITIES: tuple[str, ...] = ("text", "table", "image", "video", "audio")
 
 ALIGNMENT_MODES = ("feature", "learned", "bounded", "embedding")
 CONTRASTIVE_DENOMINATORS = ("negatives", "all")
+CONTRASTIVE_REDUCTIONS = ("mean", "sum")
+SIMCL_WEIGHTINGS = ("both", "contrastive", "masked", "none")
+"""Which terms S weighs (the paper's Table 6): contrastive pairs and masked tasks, one of them, or none."""
+SIMCL_WEIGHT_READINGS = ("logits", "loss")
 
 
 class ScaleConfig(PreTrainedConfig):
@@ -61,7 +65,17 @@ class ScaleConfig(PreTrainedConfig):
             the denominator); `"all"` is the standard symmetric InfoNCE (as CLIP), whose softmax keeps the
             positive.
         use_simcl: weight the losses by S (Eq. 3); `False` gives plain unweighted contrastive + masked losses,
-            the ablation of the paper.
+            the ablation of the paper (the same as `simcl_weighting="none"`).
+        simcl_weighting: which terms S weighs, the four rows of the paper's Table 6: `"both"` (Eq. 3: the
+            contrastive pairs by S[i, j], the masked tasks by S[i, i]), `"contrastive"`, `"masked"`, `"none"`.
+        simcl_weight_reading: how S weighs a term. `"logits"` (Eq. 3's letter): it scales the pair's
+            contrastive logits (an inverse temperature) and the masked task's logits, which for the regression
+            tasks (MRP, MFP, MAM) are the head's predictions, a gain the head learns to cancel. `"loss"`: it
+            multiplies each sample's loss in the term, so the gradient a term sends to the encoders scales
+            with its weight.
+        contrastive_reduction: how the modality pairs' contrastive losses combine: `"mean"` over the usable
+            pairs, or `"sum"` as Eq. 3 writes it (with five modalities ten pair terms against five masked
+            tasks, and no pair's weight depending on how many pairs the batch holds).
         mask_probability: masking rate of every pretext task (MLM, MEM, MRP, MFP, MAM).
         subset_loss_weight: weight of the subset-consistency term of pretraining (0 switches it off): each
             product is fused again from `num_subset_views` random subsets of its modalities, and NT-Xent over
@@ -108,6 +122,9 @@ class ScaleConfig(PreTrainedConfig):
         temperature: float = 0.07,
         contrastive_denominator: str = "negatives",
         use_simcl: bool = True,
+        simcl_weighting: str = "both",
+        simcl_weight_reading: str = "logits",
+        contrastive_reduction: str = "mean",
         mask_probability: float = 0.15,
         subset_loss_weight: float = 1.0,
         subset_keep_probability: float = 0.5,
@@ -143,7 +160,11 @@ class ScaleConfig(PreTrainedConfig):
         self.alignment = alignment
         self.temperature = temperature
         self.contrastive_denominator = contrastive_denominator
-        self.use_simcl = use_simcl
+        # `use_simcl=False` is Table 6's "none" row: either spelling gives the same, consistent pair of fields
+        self.simcl_weighting = "none" if not use_simcl and simcl_weighting == "both" else simcl_weighting
+        self.use_simcl = bool(use_simcl) and self.simcl_weighting != "none"
+        self.simcl_weight_reading = simcl_weight_reading
+        self.contrastive_reduction = contrastive_reduction
         self.mask_probability = mask_probability
         self.subset_loss_weight = subset_loss_weight
         self.subset_keep_probability = subset_keep_probability
@@ -180,6 +201,15 @@ class ScaleConfig(PreTrainedConfig):
                 f"contrastive_denominator must be one of {CONTRASTIVE_DENOMINATORS}, "
                 f"got {self.contrastive_denominator!r}"
             )
+        for name, allowed in (
+            ("simcl_weighting", SIMCL_WEIGHTINGS),
+            ("simcl_weight_reading", SIMCL_WEIGHT_READINGS),
+            ("contrastive_reduction", CONTRASTIVE_REDUCTIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.use_simcl != (self.simcl_weighting != "none"):
+            problems.append(f"use_simcl=False contradicts simcl_weighting={self.simcl_weighting!r}")
         if not 0.0 < self.mask_probability < 1.0:
             problems.append(f"mask_probability must lie in (0, 1), got {self.mask_probability}")
         if not 0.0 < self.subset_keep_probability <= 1.0:

@@ -506,10 +506,12 @@ class ScaleForPreTrainingOutput(ModelOutput):
     (no labels / targets given, nothing masked, modality absent).
     mlm_loss, mem_loss: masked language / entity modelling cross-entropy (text, table).
     mrp_loss, mfp_loss, mam_loss: masked region (image), frame (video), audio regression, MSE on raw tokens.
-    contrastive_loss: SIMCL inter-modality contrastive loss, mean over the usable modality pairs.
+    contrastive_loss: SIMCL inter-modality contrastive loss, mean (or sum, `config.contrastive_reduction`)
+        over the usable modality pairs.
     subset_loss: subset consistency (`config.subset_loss_weight` times a symmetric InfoNCE between each
         product's `product_embeds` fused from all its modalities and from a random subset of them).
-    mlm_logits, mem_logits: token predictions of the text / table tokens (already scaled by S[i, i]).
+    mlm_logits, mem_logits: token predictions of the text / table tokens (scaled by S[i, i] when S weighs the
+        masked tasks' logits).
     """
 
     loss: torch.FloatTensor | None = None
@@ -1051,16 +1053,19 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         encoding: _ScaleEncoding,
         head: nn.Module,
         labels: torch.Tensor,
-        weight: torch.Tensor | None,
+        logit_weight: torch.Tensor | None,
+        loss_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = encoding.spans[name]
         logits = head(encoding.fused[:, start:end])
-        if weight is not None:
-            logits = logits * weight[:, None, None].to(logits.dtype)
+        if logit_weight is not None:
+            logits = logits * logit_weight[:, None, None].to(logits.dtype)
         counted = (labels != -100) & encoding.token_keep[name]
         per_token = F.cross_entropy(
             logits.float().transpose(1, 2), torch.where(counted, labels, 0), reduction="none"
         )
+        if loss_weight is not None:
+            per_token = per_token * loss_weight[:, None].float()
         return _masked_mean(per_token, counted), logits
 
     def _regression_loss(
@@ -1070,15 +1075,17 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         head: nn.Module,
         targets: torch.Tensor,
         positions: torch.Tensor,
-        weight: torch.Tensor | None,
+        logit_weight: torch.Tensor | None,
+        loss_weight: torch.Tensor | None,
         element_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """MSE over the masked tokens of present samples; `element_mask` (B, N, D) leaves out the padded parts
-        of a token (the padding frames of a partly valid audio group)."""
+        of a token (the padding frames of a partly valid audio group). `logit_weight` scales the predictions
+        (Eq. 3's letter), `loss_weight` each sample's squared errors."""
         start, end = encoding.spans[name]
         predictions = head(encoding.fused[:, start + 1 : end])  # the model's CLS is never masked
-        if weight is not None:
-            predictions = predictions * weight[:, None, None].to(predictions.dtype)
+        if logit_weight is not None:
+            predictions = predictions * logit_weight[:, None, None].to(predictions.dtype)
         if tuple(positions.shape) != tuple(predictions.shape[:2]):
             raise ValueError(
                 f"`masked_{name}_positions` must be {tuple(predictions.shape[:2])} "
@@ -1095,6 +1102,8 @@ class ScaleForPreTraining(ScalePreTrainedModel):
             elements = elements & element_mask.bool()
         difference = torch.where(elements, predictions.float() - targets.float(), 0.0)
         per_token = difference.pow(2).sum(dim=-1) / elements.sum(dim=-1).clamp(min=1)
+        if loss_weight is not None:
+            per_token = per_token * loss_weight[:, None].float()
         return _masked_mean(per_token, counted)
 
     @can_return_tuple
@@ -1137,29 +1146,37 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         views (the collator draws them); `subset_loss` (our addition, see `ScaleConfig.subset_loss_weight`)
         pulls a product's `product_embeds` from those views and from all its modalities together.
 
-        With `config.use_simcl`, S weights every term as in Eq. 3: the logits of pair (i, j) are scaled by
-        S[i, j] (i < j) and the logits of modality i's masked task by S[i, i]; for the regression tasks the
-        "logits" are the predicted raw tokens.
+        S weights the terms `config.simcl_weighting` names (by default every term, as in Eq. 3): pair (i, j)
+        (i < j) by S[i, j] and modality i's masked task by S[i, i]. With `simcl_weight_reading="logits"`
+        (Eq. 3's letter) it scales their logits, which for the regression tasks are the predicted raw tokens;
+        with `"loss"` it multiplies each sample's loss in the term.
         """
         arguments = locals()
         with self._recording(output_hidden_states, output_attentions) as recorder:
             encoding = self.scale._encode(**{name: arguments[name] for name in MODEL_INPUT_NAMES})
-        scores = encoding.alignment if self.config.use_simcl else None
+        weighting = self.config.simcl_weighting if self.config.use_simcl else "none"
+        pair_scores = encoding.alignment if weighting in ("both", "contrastive") else None
+        task_scores = encoding.alignment if weighting in ("both", "masked") else None
+        reading = self.config.simcl_weight_reading
 
-        def weight(name: str) -> torch.Tensor | None:
+        def weight(name: str) -> dict[str, torch.Tensor | None]:
             index = MODALITIES.index(name)
-            return None if scores is None else scores[:, index, index]
+            scores = None if task_scores is None else task_scores[:, index, index]
+            return {
+                "logit_weight": scores if reading == "logits" else None,
+                "loss_weight": scores if reading == "loss" else None,
+            }
 
         zero = encoding.fused.new_zeros((), dtype=torch.float32)
         terms = dict.fromkeys(("mlm_loss", "mem_loss", "mrp_loss", "mfp_loss", "mam_loss"), zero)
         mlm_logits = mem_logits = None
         if labels is not None and "text" in encoding.spans:
             terms["mlm_loss"], mlm_logits = self._token_loss(
-                "text", encoding, self.mlm_head, labels, weight("text")
+                "text", encoding, self.mlm_head, labels, **weight("text")
             )
         if table_labels is not None and "table" in encoding.spans:
             terms["mem_loss"], mem_logits = self._token_loss(
-                "table", encoding, self.mem_head, table_labels, weight("table")
+                "table", encoding, self.mem_head, table_labels, **weight("table")
             )
         patch_size = self.config.patch_size
         if masked_image_positions is not None and image_targets is not None and "image" in encoding.spans:
@@ -1168,7 +1185,7 @@ class ScaleForPreTraining(ScalePreTrainedModel):
             else:
                 head, targets = self.image_feature_head, image_targets
             terms["mrp_loss"] = self._regression_loss(
-                "image", encoding, head, targets, masked_image_positions, weight("image")
+                "image", encoding, head, targets, masked_image_positions, **weight("image")
             )
         if masked_video_positions is not None and video_targets is not None and "video" in encoding.spans:
             if video_pixel_values is not None:
@@ -1176,7 +1193,7 @@ class ScaleForPreTraining(ScalePreTrainedModel):
             else:
                 head, targets = self.video_feature_head, video_targets
             terms["mfp_loss"] = self._regression_loss(
-                "video", encoding, head, targets, masked_video_positions, weight("video")
+                "video", encoding, head, targets, masked_video_positions, **weight("video")
             )
         if masked_audio_positions is not None and audio_targets is not None and "audio" in encoding.spans:
             group = self.config.audio_subsampling
@@ -1190,15 +1207,17 @@ class ScaleForPreTraining(ScalePreTrainedModel):
                 self.audio_head,
                 targets,
                 masked_audio_positions,
-                weight("audio"),
-                frame_valid,
+                element_mask=frame_valid,
+                **weight("audio"),
             )
         terms["contrastive_loss"] = simcl_contrastive_loss(
             encoding.modality_embeds,
             encoding.modality_mask,
             self.config.temperature,
             self.config.contrastive_denominator,
-            scores,
+            pair_scores,
+            self.config.contrastive_reduction,
+            reading,
         )
         terms["subset_loss"] = zero
         if subset_modality_mask is not None and self.config.subset_loss_weight > 0:

@@ -6,8 +6,10 @@ Everything that couples modalities *through the loss* lives here, batched and fr
   "learned" mode, or one of two bounded modes ("bounded", "embedding") whose weights average 1, with missing
   modalities excluded before the softmax and their rows/columns zeroed.
 - `pairwise_contrastive_loss` is the paper's Eq. 2 (denominator = the 2(N-1) cross-modal negatives only) or
-  the standard symmetric InfoNCE, optionally with each sample's logits scaled by S[i, j] (Eq. 3).
-- `simcl_contrastive_loss` averages it over the modality pairs that have at least one usable sample.
+  the standard symmetric InfoNCE, optionally with each sample's logits (Eq. 3's letter) or loss scaled by
+  S[i, j].
+- `simcl_contrastive_loss` averages (or sums, as Eq. 3) it over the modality pairs that have at least one
+  usable sample.
 - `multiview_contrastive_loss` (our subset-consistency term, not SIMCL's) is NT-Xent over several views of
   each product.
 - `gather_with_grad` brings the negatives of every process into the loss (as FLAVA does), keeping gradients.
@@ -19,7 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import distributed as dist
 
-from .configuration_scale import ALIGNMENT_MODES, CONTRASTIVE_DENOMINATORS
+from .configuration_scale import (
+    ALIGNMENT_MODES,
+    CONTRASTIVE_DENOMINATORS,
+    CONTRASTIVE_REDUCTIONS,
+    SIMCL_WEIGHT_READINGS,
+)
 
 
 def _masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -69,15 +76,15 @@ def alignment_scores(
             the weights are >= 0 and average 1, so S cannot scale every term up or switch every term off.
             `"bounded"` — the softmax of the symmetrised free parameter (the paper's learned S; any constant
             start is the unweighted loss). Trained on the loss it weights, it still moves weight to the
-            lowest-loss terms, but, with every pair present, the mean of the pair losses whose logits it
-            scales stays >= log(2(N-1)) - 2 / tau, the floor of the unweighted Eq. 2 (each unit of weight
-            lowers an anchor's Eq. 2 term by at most 2 / tau). `"embedding"` — the abstract's "importance of
-            each modality learned directly from the modality embeddings", as the released code but bounded:
-            the softmax of each sample's cos(f_i, f_j) over its present pairs, and on the diagonal of each
-            modality's mean cosine with the sample's other modalities. It is computed from detached features,
-            so the loss never rewards the encoders for misaligning a pair to shrink its weight; a pair the
-            encoders cannot align (a noisy modality) falls behind the aligned ones, by a factor e per unit of
-            cosine.
+            lowest-loss terms, but, with every pair present, the mean of the weighted pair losses stays >= the
+            lowest pair loss when S multiplies the losses, and >= log(2(N-1)) - 2 / tau, the floor of the
+            unweighted Eq. 2, when S scales the logits (each unit of weight lowers an anchor's Eq. 2 term by
+            at most 2 / tau). `"embedding"` — the abstract's "importance of each modality learned directly
+            from the modality embeddings", as the released code but bounded: the softmax of each sample's
+            cos(f_i, f_j) over its present pairs, and on the diagonal of each modality's mean cosine with the
+            sample's other modalities. It is computed from detached features, so the loss never rewards the
+            encoders for misaligning a pair to shrink its weight; a pair the encoders cannot align (a noisy
+            modality) falls behind the aligned ones, by a factor e per unit of cosine.
         alignment_parameter: (M, M) learnable scores, required for `"learned"` and `"bounded"`.
 
     Returns:
@@ -128,10 +135,11 @@ def pairwise_contrastive_loss(
     temperature: float,
     denominator: str = "negatives",
     logit_scale: torch.Tensor | None = None,
+    loss_weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Contrastive loss of one modality pair (a, b) over the samples that have both.
 
-    With sim = cosine / tau and sample i's row scaled by `logit_scale[i]` (S[i, a, b] of Eq. 3):
+    With sim = cosine / tau and sample i's row scaled by `logit_scale[i]` (S[i, a, b] of Eq. 3's letter):
 
     - `"negatives"` (paper Eq. 2): loss_i = -sim(a_i, b_i) + log( sum_{k != i} exp sim(a_i, b_k)
       + sum_{k != i} exp sim(b_i, a_k) ), i.e. one loss per positive pair whose denominator holds only the
@@ -141,6 +149,8 @@ def pairwise_contrastive_loss(
 
     Negatives come from every process (`gather_with_grad`); samples lacking a or b are neither anchors nor
     negatives. An anchor needs at least one negative, so a pair with fewer than two usable samples gives 0.
+    `loss_weight[i]` multiplies anchor i's loss (S[i, a, b] read as a weight of the term rather than a scale
+    of its logits).
 
     Returns:
         (mean loss over the usable local anchors in float32, number of those anchors as a float tensor).
@@ -177,6 +187,8 @@ def pairwise_contrastive_loss(
         log_z_ab = torch.logsumexp(logits_ab.masked_fill(~candidates, very_negative), dim=-1)
         log_z_ba = torch.logsumexp(logits_ba.masked_fill(~candidates, very_negative), dim=-1)
         per_anchor = 0.5 * (log_z_ab + log_z_ba) - positive
+    if loss_weight is not None:
+        per_anchor = per_anchor * loss_weight.float()
 
     usable = valid & (all_valid.sum() >= 2)
     count = usable.sum().float()
@@ -231,33 +243,44 @@ def simcl_contrastive_loss(
     temperature: float,
     denominator: str = "negatives",
     alignment: torch.Tensor | None = None,
+    reduction: str = "mean",
+    reading: str = "logits",
 ) -> torch.Tensor:
-    """SIMCL's inter-modality term: the mean of `pairwise_contrastive_loss` over the M(M-1)/2 modality pairs.
+    """SIMCL's inter-modality term: `pairwise_contrastive_loss` over the M(M-1)/2 modality pairs.
 
     Args:
         modality_embeds: (B, M, P) contrastive features of every modality.
         modality_mask: (B, M) which modalities each sample has.
-        alignment: (B, M, M) S; pair (i, j) with i < j has its logits scaled by S[:, i, j] (Eq. 3). `None`
-            gives the unweighted loss (the `use_simcl=False` ablation).
+        alignment: (B, M, M) S; pair (i, j) with i < j is weighted by S[:, i, j]. `None` gives the unweighted
+            loss (the `use_simcl=False` ablation).
+        reduction: `"mean"` over the usable pairs, or `"sum"` as Eq. 3 writes it.
+        reading: `"logits"` scales each sample's logits by S (Eq. 3's letter), `"loss"` its loss.
 
-    Pairs without any usable sample (in this process) are left out of the mean; 0 when no pair is usable.
+    Pairs without any usable sample (in this process) are left out; 0 when no pair is usable.
     """
+    if reduction not in CONTRASTIVE_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {CONTRASTIVE_REDUCTIONS}, got {reduction!r}")
+    if reading not in SIMCL_WEIGHT_READINGS:
+        raise ValueError(f"reading must be one of {SIMCL_WEIGHT_READINGS}, got {reading!r}")
     num_modalities = modality_embeds.shape[1]
     pair_losses, pair_used = [], []
     for i in range(num_modalities):
         for j in range(i + 1, num_modalities):
+            weight = None if alignment is None else alignment[:, i, j]
             loss, count = pairwise_contrastive_loss(
                 modality_embeds[:, i],
                 modality_embeds[:, j],
                 modality_mask[:, i].bool() & modality_mask[:, j].bool(),
                 temperature,
                 denominator,
-                None if alignment is None else alignment[:, i, j],
+                weight if reading == "logits" else None,
+                weight if reading == "loss" else None,
             )
             pair_losses.append(loss)
             pair_used.append((count > 0).float())
     used = torch.stack(pair_used)
-    return (torch.stack(pair_losses) * used).sum() / used.sum().clamp(min=1.0)
+    total = (torch.stack(pair_losses) * used).sum()
+    return total if reduction == "sum" else total / used.sum().clamp(min=1.0)
 
 
 __all__ = [

@@ -200,6 +200,10 @@ def pretraining_model(config) -> ScaleForPreTraining:
         ({"image_size": 30, "patch_size": 16}, "image_size"),
         ({"alignment": "both"}, "alignment"),
         ({"contrastive_denominator": "some"}, "contrastive_denominator"),
+        ({"contrastive_reduction": "max"}, "contrastive_reduction"),
+        ({"simcl_weighting": "half"}, "simcl_weighting"),
+        ({"simcl_weight_reading": "gain"}, "simcl_weight_reading"),
+        ({"use_simcl": False, "simcl_weighting": "masked"}, "use_simcl=False contradicts"),
         ({"temperature": 0.0}, "temperature"),
         ({"num_fusion_layers": 0}, "num_fusion_layers"),
     ],
@@ -214,6 +218,16 @@ def test_paper_defaults():
     assert (config.hidden_size, config.num_encoder_layers, config.num_fusion_layers) == (768, 6, 6)
     assert (config.max_text_length, config.max_table_length, config.temperature) == (36, 64, 0.07)
     assert config.alignment == "learned" and config.contrastive_denominator == "negatives"
+    assert (config.use_simcl, config.simcl_weighting, config.simcl_weight_reading) == (True, "both", "logits")
+    assert config.contrastive_reduction == "mean"
+
+
+def test_use_simcl_false_is_the_none_variant_of_simcl_weighting():
+    """Old configs and command lines (`use_simcl=false`) keep working, and a saved config reloads the same."""
+    for config in (ScaleConfig(use_simcl=False), ScaleConfig(simcl_weighting="none")):
+        assert (config.use_simcl, config.simcl_weighting) == (False, "none")
+        assert ScaleConfig(**config.to_dict()).to_dict() == config.to_dict()
+    assert ScaleConfig(simcl_weighting="masked").use_simcl
 
 
 # --------------------------------------------------------------------------------------------------- forward
@@ -372,11 +386,19 @@ def test_regression_loss_is_the_mse_on_masked_present_tokens(config):
 
 
 @pytest.mark.parametrize("image, video", [("features", "features"), ("pixels", "pixels")])
-def test_forward_and_backward_need_no_data_dependent_host_sync(config, image, video):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"alignment": "bounded", "simcl_weight_reading": "loss", "contrastive_reduction": "sum"},
+        {"alignment": "embedding", "simcl_weighting": "masked", "simcl_weight_reading": "loss"},
+    ],
+)
+def test_forward_and_backward_need_no_data_dependent_host_sync(config, image, video, overrides):
     """On the meta device there are no values: `.item()`, `nonzero`, boolean-mask indexing and data-dependent
     Python branches would fail, so passing here means forward + backward never wait on the device."""
     with torch.device("meta"):
-        model = ScaleForPreTraining(config)
+        model = ScaleForPreTraining(tiny_config(**overrides))
     inputs = make_inputs(config, image=image, video=video)
     batch = {
         key: value.to("meta") for key, value in {**inputs, **make_pretraining_targets(config, inputs)}.items()
@@ -446,6 +468,76 @@ def test_use_simcl_false_changes_the_losses(config):
     assert not torch.isclose(weighted.contrastive_loss, plain.contrastive_loss)
     assert not torch.isclose(weighted.mlm_loss, plain.mlm_loss)
     torch.testing.assert_close(weighted.alignment_scores, plain.alignment_scores)
+
+
+@pytest.mark.parametrize("reading", ["logits", "loss"])
+def test_each_table6_variant_weights_only_its_terms(config, reading):
+    """Table 6: S on the contrastive pairs only, on the masked tasks only, on both, on neither."""
+    inputs = make_inputs(config)
+    targets = make_pretraining_targets(config, inputs)
+    torch.manual_seed(0)
+    state = None
+    outputs = {}
+    for weighting in ("both", "contrastive", "masked", "none"):
+        model = ScaleForPreTraining(
+            tiny_config(alignment="bounded", simcl_weighting=weighting, simcl_weight_reading=reading)
+        ).eval()
+        if state is None:
+            with torch.no_grad():  # an S that has left its constant start
+                model.scale.alignment_parameter.copy_(torch.linspace(-1.0, 1.0, 25).reshape(5, 5))
+            state = model.state_dict()
+        model.load_state_dict(state)
+        outputs[weighting] = model(**inputs, **targets)
+    for name in ("contrastive_loss", "mlm_loss", "mem_loss", "mrp_loss", "mfp_loss", "mam_loss"):
+        weighted = ("both", "contrastive") if name == "contrastive_loss" else ("both", "masked")
+        unweighted = [weighting for weighting in outputs if weighting not in weighted]
+        torch.testing.assert_close(outputs[weighted[1]][name], outputs["both"][name], msg=name)
+        torch.testing.assert_close(outputs[unweighted[1]][name], outputs["none"][name], msg=name)
+        assert not torch.isclose(outputs["both"][name], outputs["none"][name]), name
+
+
+def test_s_on_the_loss_scales_the_gradient_a_masked_task_sends_to_the_encoders(config):
+    """With `simcl_weight_reading="loss"`, S[image, image] = w multiplies MRP's gradient into every encoder by
+    w; scaling the predictions instead (Eq. 3's letter) is no such weight."""
+    rows = [0, 1, 3]  # the samples that have image and audio; only those two are kept
+    full = make_inputs(config)
+    targets = {key: value[rows] for key, value in make_pretraining_targets(config, full).items()}
+    inputs = {key: value[rows] for key, value in full.items()}
+    inputs["modality_mask"] = torch.tensor([[0, 0, 1, 0, 1]] * 3)
+
+    def mrp(reading: str, weight: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = ScaleForPreTraining(tiny_config(alignment="bounded", simcl_weight_reading=reading)).eval()
+        with torch.no_grad():  # two modalities: S[image, image] = 2 sigmoid(theta[image] - theta[audio])
+            model.scale.alignment_parameter[2, 2] = math.log(weight / (2 - weight))
+            model.scale.alignment_parameter[4, 4] = 0.0
+        out = model(**inputs, **targets)
+        torch.testing.assert_close(out.alignment_scores[:, 2, 2], torch.full((3,), weight))
+        out.mrp_loss.backward()
+        return out.mrp_loss.detach(), [
+            p.grad for p in model.scale.encoders.parameters() if p.grad is not None
+        ]
+
+    loss, gradients = mrp("loss", 1.0)
+    weighted_loss, weighted_gradients = mrp("loss", 1.5)
+    torch.testing.assert_close(weighted_loss, 1.5 * loss)
+    assert len(gradients) == len(weighted_gradients) > 0
+    for plain, weighted in zip(gradients, weighted_gradients, strict=True):
+        torch.testing.assert_close(weighted, 1.5 * plain)
+    _, logit_gradients = mrp("logits", 1.5)
+    assert not all(
+        torch.allclose(scaled, 1.5 * plain) for scaled, plain in zip(logit_gradients, gradients, strict=True)
+    )
+
+
+def test_sum_reduction_adds_the_pair_terms(config):
+    """Eq. 3's sum: on the test batch three pairs have two samples (text-image, text-audio, image-audio)."""
+    torch.manual_seed(0)
+    mean = ScaleForPreTraining(config).eval()
+    summed = ScaleForPreTraining(tiny_config(contrastive_reduction="sum")).eval()
+    summed.load_state_dict(mean.state_dict())
+    inputs = make_inputs(config)
+    torch.testing.assert_close(summed(**inputs).contrastive_loss, 3 * mean(**inputs).contrastive_loss)
 
 
 # --------------------------------------------------------------------------------------------------- backends

@@ -1,6 +1,6 @@
 """SIMCL: the alignment matrix S in every mode, Eq. 2 vs standard InfoNCE against hand computations, the pair
-average, what optimising S can do to the loss, and negatives gathered (with gradients) from several
-processes."""
+average or sum, S on the logits or on the losses, what optimising S can do to the loss, and negatives gathered
+(with gradients) from several processes."""
 
 import math
 import socket
@@ -233,21 +233,28 @@ def _aligned_batch(
     return torch.stack([*views, torch.randn(batch, 6, generator=generator)], dim=1)
 
 
-def test_optimising_a_bounded_s_alone_cannot_push_the_loss_below_its_bound():
-    """Frozen features, S alone optimised hard on the loss whose logits it scales. The learned S drives the
-    loss far below anything the features justify; the bounded S stays above log(2(N-1)) - 2 / tau, the floor
-    of unweighted Eq. 2."""
+@pytest.mark.parametrize("reading", ["loss", "logits"])
+def test_optimising_a_bounded_s_alone_cannot_push_the_loss_below_its_bound(reading):
+    """Frozen features, S alone optimised hard on the loss it weights. The learned S drives the loss far below
+    anything the features justify; the bounded S stays above the lowest pair loss when it weights the losses
+    and above log(2(N-1)) - 2 / tau, the floor of unweighted Eq. 2, when it scales the logits."""
     embeds = _aligned_batch(torch.Generator().manual_seed(12))
     batch = embeds.shape[0]
     mask = torch.ones(batch, 5, dtype=torch.long)
-    bound = math.log(2 * (batch - 1)) - 2 / TAU
+    everyone = torch.ones(batch, dtype=torch.bool)
+    pair_losses = [
+        pairwise_contrastive_loss(embeds[:, i], embeds[:, j], everyone, TAU)[0]
+        for i in range(5)
+        for j in range(i + 1, 5)
+    ]
+    bound = min(pair_losses).item() if reading == "loss" else math.log(2 * (batch - 1)) - 2 / TAU
 
     def optimised_loss(mode: str) -> float:
         parameter = torch.ones(5, 5, requires_grad=True)
         optimiser = torch.optim.Adam([parameter], lr=0.3)
         for _ in range(300):
             scores = alignment_scores(embeds, mask, mode, parameter)
-            loss = simcl_contrastive_loss(embeds, mask, TAU, alignment=scores)
+            loss = simcl_contrastive_loss(embeds, mask, TAU, alignment=scores, reading=reading)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -258,7 +265,8 @@ def test_optimising_a_bounded_s_alone_cannot_push_the_loss_below_its_bound():
 
 
 @pytest.mark.parametrize("mode", ["bounded", "embedding"])
-def test_a_pure_noise_modality_loses_weight_and_the_informative_pairs_do_not(mode):
+@pytest.mark.parametrize("reading", ["loss", "logits"])
+def test_a_pure_noise_modality_loses_weight_and_the_informative_pairs_do_not(mode, reading):
     """Linear encoders and S trained together on fresh batches in which audio is pure noise and the other four
     modalities are equally informative: every pair with audio ends below its starting weight 1, every other
     pair above it. (Neither mode can tell noise from a pair that is only hard to align: both move weight away
@@ -277,7 +285,7 @@ def test_a_pure_noise_modality_loses_weight_and_the_informative_pairs_do_not(mod
 
     for _ in range(60):
         embeds, scores = encode()
-        loss = simcl_contrastive_loss(embeds, mask, TAU, alignment=scores)
+        loss = simcl_contrastive_loss(embeds, mask, TAU, alignment=scores, reading=reading)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -287,6 +295,30 @@ def test_a_pure_noise_modality_loses_weight_and_the_informative_pairs_do_not(mod
     informative_pairs = scores[:4, :4][torch.ones(4, 4, dtype=torch.bool).triu(1)]
     assert noise_pairs.max() < 0.9, scores
     assert informative_pairs.min() > 1.1, scores
+
+
+def test_sum_reduction_and_s_on_the_losses():
+    g = torch.Generator().manual_seed(14)
+    embeds = torch.randn(4, 5, 8, generator=g)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 0, 0, 1], [1, 0, 1, 0, 0], [1, 1, 1, 1, 0]])
+    mean = simcl_contrastive_loss(embeds, mask, TAU)
+    torch.testing.assert_close(
+        simcl_contrastive_loss(embeds, mask, TAU, reduction="sum"), 3 * mean
+    )  # 3 pairs
+
+    # S read as a weight: a pair's loss times S; read as a logit scale: a different loss (tau / S)
+    twice = torch.full((4, 5, 5), 2.0)
+    torch.testing.assert_close(
+        simcl_contrastive_loss(embeds, mask, TAU, alignment=twice, reading="loss"), 2 * mean
+    )
+    torch.testing.assert_close(
+        simcl_contrastive_loss(embeds, mask, TAU, alignment=twice, reading="logits"),
+        simcl_contrastive_loss(embeds, mask, TAU / 2),
+    )
+    with pytest.raises(ValueError, match=r"^reduction must be one of .*'max'"):
+        simcl_contrastive_loss(embeds, mask, TAU, reduction="max")
+    with pytest.raises(ValueError, match=r"^reading must be one of .*'gain'"):
+        simcl_contrastive_loss(embeds, mask, TAU, reading="gain")
 
 
 # ------------------------------------------------------------------------------------------------- processes
