@@ -19,7 +19,14 @@ Imperfections as in the paper: long-tailed category frequencies, ~5 % unimodal i
 or audio, ~3 % noisy captions. Fine-grained retrieval: a product instance has several listings with jittered
 images and paraphrased captions.
 
+Off by default, `--noisy_modality M --noisy_fraction F` makes one modality unreliable, the setting SIMCL's
+self-harmonised weights are motivated by: a fraction F of the listings that have M show, for M, the content
+of another instance's listing (a seller's stock photo, a wrong table, unrelated audio), so that it agrees with
+the listing's own category only by chance. sample_info.json records which listings and whose content; the rest
+of the sample is exactly the one generated without the option.
+
     python -m dataset_script.generate_sample OUT_DIR --size tiny|default --seed 0 [--num-proc N]
+        [--noisy_modality audio --noisy_fraction 0.5]
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import colorsys
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from itertools import product
 from multiprocessing import Pool
 
@@ -82,6 +89,10 @@ AUDIO_SAMPLING_RATE = 16000
 UNIMODAL_FRACTION = 0.05
 NOISY_CAPTION_FRACTION = 0.03
 PRESENCE = {"table": 0.85, "image": 0.97, "video": 0.45, "audio": 0.4}
+MODALITIES = ("text", "table", "image", "video", "audio")
+NOISY_MODALITY_STREAM = 1
+"""Second seed word of the random stream that draws the unreliable listings (the sample's own stream is
+untouched, so the option changes nothing else)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,12 @@ class ItemPlan:
     frequency: float
     duration: float
     seed: int
+    unrelated: dict[str, ItemPlan] = field(default_factory=dict)
+    """modality -> another listing whose content this one shows for it (`make_modality_unreliable`)."""
+
+    def content(self, modality: str) -> ItemPlan:
+        """The plan this listing's `modality` is rendered from: its own, or an unrelated listing's."""
+        return self.unrelated.get(modality, self)
 
 
 def _brand(rng: np.random.Generator) -> str:
@@ -223,6 +240,32 @@ def plan_sample(num_items: int, seed: int) -> tuple[list[ItemPlan], dict[tuple[s
         pools[draw_pool(len(ids), rng)].append(ids)
         instance_index += 1
     return items, split_pools(pools, rng)
+
+
+def make_modality_unreliable(
+    items: list[ItemPlan], modality: str, fraction: float, seed: int
+) -> dict[str, str]:
+    """Give `round(fraction * n)` of the n listings that have `modality` another instance's content for it
+    (each from a listing drawn uniformly among the other instances'); returns listing id -> that listing's id.
+
+    The draws use their own random stream, so every other byte of the sample stays as without the option.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"noisy modality must be one of {MODALITIES}, got {modality!r}")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"noisy fraction must lie in [0, 1], got {fraction}")
+    rng = np.random.default_rng((seed, NOISY_MODALITY_STREAM))
+    having = [plan for plan in items if modality in plan.modalities]
+    chosen = rng.choice(len(having), size=round(fraction * len(having)), replace=False)
+    sources = {}
+    for index in sorted(chosen.tolist()):
+        plan = having[index]
+        source = items[int(rng.integers(len(items)))]
+        while source.instance_id == plan.instance_id:
+            source = items[int(rng.integers(len(items)))]
+        plan.unrelated[modality] = replace(source, unrelated={})
+        sources[plan.item_id] = source.item_id
+    return sources
 
 
 def draw_pool(listings: int, rng: np.random.Generator) -> str:
@@ -365,20 +408,20 @@ def render_item(args: tuple[str, ItemPlan]) -> str:
     out_dir, plan = args
     rng = np.random.default_rng(plan.seed)
     if "image" in plan.modalities:
-        write_jpeg(media_path(out_dir, "image", plan.item_id), render_image(plan, rng))
+        write_jpeg(media_path(out_dir, "image", plan.item_id), render_image(plan.content("image"), rng))
     if "video" in plan.modalities:
-        write_mp4(media_path(out_dir, "video", plan.item_id), render_video_frames(plan, rng))
+        write_mp4(media_path(out_dir, "video", plan.item_id), render_video_frames(plan.content("video"), rng))
     if "audio" in plan.modalities:
-        write_mp3(media_path(out_dir, "audio", plan.item_id), render_audio(plan, rng))
+        write_mp3(media_path(out_dir, "audio", plan.item_id), render_audio(plan.content("audio"), rng))
     return plan.item_id
 
 
 def annotation_record(plan: ItemPlan) -> dict:
     record = {"label": CATEGORIES[plan.category].name, "instance_id": plan.instance_id}
     if "text" in plan.modalities:
-        record["title"] = plan.title
+        record["title"] = plan.content("text").title
     if "table" in plan.modalities:
-        record["pv"] = plan.pv
+        record["pv"] = plan.content("table").pv
     return record
 
 
@@ -397,14 +440,26 @@ def write_annotation_files(
 
 
 def generate_sample(
-    out_dir: str, size: str | int = "tiny", seed: int = 0, num_proc: int | None = None
+    out_dir: str,
+    size: str | int = "tiny",
+    seed: int = 0,
+    num_proc: int | None = None,
+    noisy_modality: str | None = None,
+    noisy_fraction: float = 0.5,
 ) -> dict:
-    """Write the sample into `out_dir` and return a summary (counts, per-split sizes, seconds)."""
+    """Write the sample into `out_dir` and return a summary (counts, per-split sizes, seconds).
+
+    With `noisy_modality`, `noisy_fraction` of the listings that have it show another instance's content for
+    it (`make_modality_unreliable`); the summary then records the setting and, under `noisy_items`, each such
+    listing's id -> the id of the listing whose content it shows.
+    """
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
     num_items = SIZES[size] if isinstance(size, str) else int(size)
     items, splits = plan_sample(num_items, seed)
+    if noisy_modality is not None:
+        noisy_items = make_modality_unreliable(items, noisy_modality, noisy_fraction, seed)
     for folder, _ in MEDIA.values():
         os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
 
@@ -431,8 +486,7 @@ def generate_sample(
         "num_instances": len({plan.instance_id for plan in items}),
         "num_categories": len(CATEGORIES),
         "modality_counts": {
-            modality: sum(modality in plan.modalities for plan in items)
-            for modality in ("text", "table", "image", "video", "audio")
+            modality: sum(modality in plan.modalities for plan in items) for modality in MODALITIES
         },
         "unimodal_items": sum(len(plan.modalities) == 1 for plan in items),
         "splits": {f"{config}/{split}": len(ids) for (config, split), ids in splits.items()},
@@ -440,6 +494,8 @@ def generate_sample(
         "num_proc": num_proc,
         "seed": seed,
     }
+    if noisy_modality is not None:
+        summary.update(noisy_modality=noisy_modality, noisy_fraction=noisy_fraction, noisy_items=noisy_items)
     with open(os.path.join(out_dir, "sample_info.json"), "w", encoding="utf-8") as handle:
         json.dump(summary, handle, indent=1)
     return summary
@@ -453,8 +509,24 @@ def main() -> None:
     parser.add_argument("--size", default="tiny", choices=sorted(SIZES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-proc", type=int, default=None, help="worker processes (default: all cores)")
+    parser.add_argument(
+        "--noisy_modality",
+        default=None,
+        choices=MODALITIES,
+        help="make this modality unreliable: some listings show another instance's content (default: off)",
+    )
+    parser.add_argument(
+        "--noisy_fraction",
+        type=float,
+        default=0.5,
+        help="share of the listings with --noisy_modality that show unrelated content (default: 0.5)",
+    )
     args = parser.parse_args()
-    summary = generate_sample(args.out_dir, args.size, args.seed, args.num_proc)
+    summary = generate_sample(
+        args.out_dir, args.size, args.seed, args.num_proc, args.noisy_modality, args.noisy_fraction
+    )
+    if "noisy_items" in summary:  # one entry per listing: printed as their number, listed in sample_info.json
+        summary["noisy_items"] = len(summary["noisy_items"])
     print(json.dumps(summary, indent=1))
 
 

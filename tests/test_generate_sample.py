@@ -13,7 +13,9 @@ from dataset_script.generate_sample import (
     GROUP_NAMES_ZH,
     GROUP_SHAPES,
     GROUPS,
+    annotation_record,
     generate_sample,
+    make_modality_unreliable,
     plan_sample,
 )
 from dataset_script.raw_layout import (
@@ -217,3 +219,60 @@ def test_default_plan_has_the_papers_imperfections():
     same = [item for item in items if item.instance_id == instance]
     assert max(item.shape_radius for item in same) - min(item.shape_radius for item in same) <= 2
     assert max(item.hue for item in same) - min(item.hue for item in same) <= 0.04
+
+
+def test_a_noisy_modality_shows_unrelated_content_for_the_chosen_fraction(tiny_sample, tmp_path):
+    """--noisy_modality audio --noisy_fraction 0.5: half the listings with audio sound like another instance's
+    listing (its pitch and timbre, not their own category's); everything else is the default sample's."""
+    raw_dir, _ = tiny_sample
+    noisy_dir = str(tmp_path / "noisy")
+    summary = generate_sample(
+        noisy_dir, "tiny", seed=0, num_proc=1, noisy_modality="audio", noisy_fraction=0.5
+    )
+    with open(os.path.join(noisy_dir, "sample_info.json"), encoding="utf-8") as handle:
+        assert json.load(handle)["noisy_items"] == summary["noisy_items"]
+    assert (summary["noisy_modality"], summary["noisy_fraction"]) == ("audio", 0.5)
+    annotations = _annotations(noisy_dir)
+    with_audio = [i for i in annotations if os.path.exists(media_path(noisy_dir, "audio", i))]
+    noisy = summary["noisy_items"]
+    assert set(noisy) <= set(with_audio) and len(noisy) == round(0.5 * len(with_audio)) > 5
+
+    own_cues = 0  # noisy listings whose audio happens to sound like their own category (group and pitch)
+    for item_id in with_audio:
+        path = media_path(noisy_dir, "audio", item_id)
+        if item_id not in noisy:
+            assert filecmp.cmp(path, media_path(raw_dir, "audio", item_id), shallow=False), item_id
+            continue
+        source = annotations[noisy[item_id]]
+        assert source["instance_id"] != annotations[item_id]["instance_id"]
+        factors = _category(source)
+        pitch = "low" if _fundamental(path) < 450 else "high"
+        assert pitch == factors["pitch"], item_id
+        assert _partials(path) == {m for m, _ in GROUP_HARMONICS[factors["group"]]} - {1}, item_id
+        own = _category(annotations[item_id])
+        own_cues += (pitch, factors["group"]) == (own["pitch"], own["group"])
+    assert own_cues <= 0.3 * len(noisy), (
+        "unrelated content must follow the listing's own category only by chance"
+    )
+    assert _annotations(raw_dir) == annotations
+    images = sorted(os.listdir(os.path.join(raw_dir, "images")))
+    _, mismatch, errors = filecmp.cmpfiles(
+        os.path.join(raw_dir, "images"), os.path.join(noisy_dir, "images"), images, shallow=False
+    )
+    assert not mismatch and not errors
+
+
+def test_a_noisy_caption_or_table_comes_from_another_instance():
+    items, _ = plan_sample(60, seed=0)
+    sources = make_modality_unreliable(items, "text", 1.0, seed=0)
+    by_id = {item.item_id: item for item in items}
+    assert set(sources) == {item.item_id for item in items if "text" in item.modalities}
+    for item_id, source_id in sources.items():
+        record = annotation_record(by_id[item_id])
+        assert record["title"] == by_id[source_id].title != by_id[item_id].title
+        assert record["instance_id"] == by_id[item_id].instance_id != by_id[source_id].instance_id
+        assert record["label"] == CATEGORIES[by_id[item_id].category].name
+    with pytest.raises(ValueError, match="noisy modality"):
+        make_modality_unreliable(items, "smell", 0.5, seed=0)
+    with pytest.raises(ValueError, match="noisy fraction"):
+        make_modality_unreliable(items, "table", 1.5, seed=0)
