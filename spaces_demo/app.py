@@ -42,6 +42,9 @@ masked-modelling terms. Modalities the query lacks stay blank.
 ALIGNMENT_SOURCES = {
     "feature": 'from how well their features agree (`alignment="feature"`, as the released code computes it)',
     "learned": 'learned in pretraining, the same for every query (`alignment="learned"`, as the paper reads)',
+    "bounded": 'learned in pretraining, shared out over the modalities the query has (`alignment="bounded"`)',
+    "embedding": "from how well the query's features agree, shared out over its modalities "
+    '(`alignment="embedding"`)',
 }
 CSS = """
 #results-table td, #results-table th { font-size: 0.78rem; }
@@ -257,7 +260,7 @@ def build_demo(
                     )
                     alignment_mode = getattr(engine.model.config, "alignment", "feature")
                     gr.Markdown(
-                        ALIGNMENT_HELP.format(source=ALIGNMENT_SOURCES.get(alignment_mode, alignment_mode)),
+                        ALIGNMENT_HELP.format(source=ALIGNMENT_SOURCES[alignment_mode]),
                         elem_id="alignment-help",
                     )
 

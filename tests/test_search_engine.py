@@ -67,3 +67,11 @@ def test_the_s_plot_writes_values_only_in_the_querys_cells(engine):
     given = [MODALITIES.index(m) for m in QUERY.modalities]
     assert set(cells) == {(i, j) for i in given for j in given}
     assert all(cells[i, j] == f"{alignment[i, j]:.2f}" for i, j in cells)
+
+
+def test_the_page_explains_every_alignment_mode():
+    import app
+
+    from modeling_scale.configuration_scale import ALIGNMENT_MODES
+
+    assert set(app.ALIGNMENT_SOURCES) == set(ALIGNMENT_MODES)
