@@ -508,8 +508,8 @@ class ScaleForPreTrainingOutput(ModelOutput):
     mrp_loss, mfp_loss, mam_loss: masked region (image), frame (video), audio regression, MSE on raw tokens.
     contrastive_loss: SIMCL inter-modality contrastive loss, mean (or sum, `config.contrastive_reduction`)
         over the usable modality pairs.
-    subset_loss: subset consistency (`config.subset_loss_weight` times a symmetric InfoNCE between each
-        product's `product_embeds` fused from all its modalities and from a random subset of them).
+    subset_loss: subset consistency (`config.subset_loss_weight` times NT-Xent over each product's
+        `product_embeds` fused from all its modalities and from `config.num_subset_views` random subsets).
     mlm_logits, mem_logits: token predictions of the text / table tokens (scaled by S[i, i] when S weighs the
         masked tasks' logits).
     """
