@@ -85,6 +85,12 @@ class ScaleConfig(PreTrainedConfig):
         subset_keep_probability: chance that each present modality stays in a subset view (at least one
             always stays).
         num_subset_views: subset views drawn per product besides the full one (each costs one more JCT pass).
+        distillation_loss_weight: weight of the relational distillation term of pretraining (0 switches it
+            off; it also needs `teacher_embeds`, which `train/pretrain.py` computes with the frozen text
+            encoder the model starts from): each product's softmax over its similarities to the batch, from
+            its full and subset `product_embeds`, is held to the teacher's, so pretraining on a small
+            catalogue keeps what the text encoder knew about which products are alike.
+        distillation_temperature: temperature of both softmaxes of that term.
     """
 
     model_type = "scale"
@@ -129,6 +135,8 @@ class ScaleConfig(PreTrainedConfig):
         subset_loss_weight: float = 1.0,
         subset_keep_probability: float = 0.5,
         num_subset_views: int = 2,
+        distillation_loss_weight: float = 0.0,
+        distillation_temperature: float = 0.05,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -169,6 +177,8 @@ class ScaleConfig(PreTrainedConfig):
         self.subset_loss_weight = subset_loss_weight
         self.subset_keep_probability = subset_keep_probability
         self.num_subset_views = num_subset_views
+        self.distillation_loss_weight = distillation_loss_weight
+        self.distillation_temperature = distillation_temperature
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self._check_consistency()
 
@@ -218,6 +228,10 @@ class ScaleConfig(PreTrainedConfig):
             problems.append(f"num_subset_views must be >= 1, got {self.num_subset_views}")
         if self.subset_loss_weight < 0:
             problems.append(f"subset_loss_weight must be >= 0, got {self.subset_loss_weight}")
+        if self.distillation_loss_weight < 0:
+            problems.append(f"distillation_loss_weight must be >= 0, got {self.distillation_loss_weight}")
+        if self.distillation_temperature <= 0:
+            problems.append(f"distillation_temperature must be positive, got {self.distillation_temperature}")
         if self.temperature <= 0:
             problems.append(f"temperature must be positive, got {self.temperature}")
         for name in (

@@ -26,7 +26,12 @@ from transformers.utils.output_capturing import CompileableContextVar
 
 from .configuration_scale import MODALITIES, ScaleConfig
 from .input_validation_scale import check_class_labels, check_model_inputs
-from .simcl import alignment_scores, multiview_contrastive_loss, simcl_contrastive_loss
+from .simcl import (
+    alignment_scores,
+    multiview_contrastive_loss,
+    relational_distillation_loss,
+    simcl_contrastive_loss,
+)
 
 MODEL_INPUT_NAMES = (
     "input_ids", "attention_mask",
@@ -510,6 +515,8 @@ class ScaleForPreTrainingOutput(ModelOutput):
         over the usable modality pairs.
     subset_loss: subset consistency (`config.subset_loss_weight` times NT-Xent over each product's
         `product_embeds` fused from all its modalities and from `config.num_subset_views` random subsets).
+    distillation_loss: `config.distillation_loss_weight` times the relational distillation of those views
+        toward `teacher_embeds` (0 when none are given).
     mlm_logits, mem_logits: token predictions of the text / table tokens (scaled by S[i, i] when S weighs the
         masked tasks' logits).
     """
@@ -522,6 +529,7 @@ class ScaleForPreTrainingOutput(ModelOutput):
     mam_loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
     subset_loss: torch.FloatTensor | None = None
+    distillation_loss: torch.FloatTensor | None = None
     mlm_logits: torch.FloatTensor | None = None
     mem_logits: torch.FloatTensor | None = None
     product_embeds: torch.FloatTensor | None = None
@@ -1133,6 +1141,7 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         masked_audio_positions: torch.Tensor | None = None,
         audio_targets: torch.FloatTensor | None = None,
         subset_modality_mask: torch.Tensor | None = None,
+        teacher_embeds: torch.FloatTensor | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
     ) -> ScaleForPreTrainingOutput:
@@ -1145,6 +1154,10 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         subset_modality_mask (`(B, V, 5)` or `(B, 5)` for one view): the modalities of each product's subset
         views (the collator draws them); `subset_loss` (our addition, see `ScaleConfig.subset_loss_weight`)
         pulls a product's `product_embeds` from those views and from all its modalities together.
+
+        teacher_embeds (`(B, Dt)`): a frozen teacher's embedding of each product's caption (the text encoder
+        the model starts from; `train/pretrain.py` computes them); `distillation_loss` holds the relations
+        between the products' `product_embeds` (every view) to the teacher's, over products with a caption.
 
         S weights the terms `config.simcl_weighting` names (by default every term, as in Eq. 3): pair (i, j)
         (i < j) by S[i, j] and modality i's masked task by S[i, i]. With `simcl_weight_reading="logits"`
@@ -1219,17 +1232,26 @@ class ScaleForPreTraining(ScalePreTrainedModel):
             self.config.contrastive_reduction,
             reading,
         )
+        views = [encoding.product_embeds]
         terms["subset_loss"] = zero
         if subset_modality_mask is not None and self.config.subset_loss_weight > 0:
             subsets = (
                 subset_modality_mask if subset_modality_mask.dim() == 3 else subset_modality_mask[:, None]
             )
-            views = [encoding.product_embeds] + [
+            views += [
                 self.scale.subset_product_embeds(encoding, subsets[:, view])
                 for view in range(subsets.shape[1])
             ]
             terms["subset_loss"] = self.config.subset_loss_weight * multiview_contrastive_loss(
                 torch.stack(views, dim=1), encoding.modality_mask.any(dim=-1), self.config.temperature
+            )
+        terms["distillation_loss"] = zero
+        if teacher_embeds is not None and self.config.distillation_loss_weight > 0:
+            terms["distillation_loss"] = self.config.distillation_loss_weight * relational_distillation_loss(
+                torch.stack(views, dim=1),
+                teacher_embeds,
+                encoding.modality_mask[:, MODALITIES.index("text")],
+                self.config.distillation_temperature,
             )
         model_output = encoding.model_output()
         return ScaleForPreTrainingOutput(

@@ -12,6 +12,8 @@ Everything that couples modalities *through the loss* lives here, batched and fr
   usable sample.
 - `multiview_contrastive_loss` (our subset-consistency term, not SIMCL's) is NT-Xent over several views of
   each product.
+- `relational_distillation_loss` (ours too) keeps the product embeddings' neighbourhoods those of a frozen
+  teacher (the text encoder SCALE starts from).
 - `gather_with_grad` brings the negatives of every process into the loss (as FLAVA does), keeping gradients.
 """
 
@@ -235,6 +237,49 @@ def multiview_contrastive_loss(views: torch.Tensor, valid: torch.Tensor, tempera
     usable = valid & (all_valid.sum() >= 2)
     count = usable.sum().float() * num_views
     return torch.where(usable[:, None], per_anchor, 0.0).sum() / count.clamp(min=1.0)
+
+
+def relational_distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, valid: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """KL(teacher || student) between each product's softmax over its cosine similarities to the batch's other
+    products, as seen by a frozen teacher and by the model (relational knowledge distillation, as in SEED /
+    CompRess).
+
+    Only the relations are matched, never the vectors, so the teacher's width and space need not be the
+    model's, and the other modalities stay free to add what the teacher does not know. Every student view of
+    a product (e.g. its full and subset `product_embeds`) is held to the same teacher row.
+
+    Args:
+        student: (B, V, D) or (B, D) embeddings; (B, D) is one view.
+        teacher: (B, Dt) frozen embeddings (no gradient flows into them).
+        valid: (B,) products the teacher saw (e.g. those with a caption); the others are neither rows nor
+            columns.
+
+    Returns:
+        The mean over the usable local products and views (float32); 0 with fewer than two usable products.
+    """
+    views = student if student.dim() == 3 else student[:, None]
+    valid = valid.bool()
+    z = F.normalize(views.float(), dim=-1)
+    target = F.normalize(teacher.detach().float(), dim=-1)
+    all_z, offset = gather_with_grad(z)
+    all_target = gather_with_grad(target)[0]
+    all_valid = gather_with_grad(valid.float())[0].bool()
+
+    rows = torch.arange(z.shape[0], device=z.device) + offset
+    columns = all_valid[None, :] & ~F.one_hot(rows, all_z.shape[0]).bool()  # (B, G)
+    fill = torch.finfo(torch.float32).min
+    teacher_logits = (target @ all_target.T / temperature).masked_fill(~columns, fill)
+    teacher_log_probs = torch.log_softmax(teacher_logits, dim=-1)
+    student_logits = torch.einsum("bvd,gvd->bvg", z, all_z) / temperature
+    student_log_probs = torch.log_softmax(student_logits.masked_fill(~columns[:, None], fill), dim=-1)
+    divergence = teacher_log_probs.exp()[:, None] * (teacher_log_probs[:, None] - student_log_probs)
+    per_row = torch.where(columns[:, None], divergence, 0.0).sum(dim=-1)  # (B, V)
+
+    usable = valid & (all_valid.sum() >= 2)
+    count = usable.sum().float() * views.shape[1]
+    return torch.where(usable[:, None], per_row, 0.0).sum() / count.clamp(min=1.0)
 
 
 def simcl_contrastive_loss(

@@ -13,6 +13,7 @@ import torch
 from tiny_m5product import converted_tiny_sample, minilm_path, trained_tiny_models
 
 from modeling_scale import MODALITIES, ScaleConfig
+from train.baselines import text_encoder_embeddings
 from train.pretrain import alignment_scalars, build_model
 from train.vocabulary import extend_vocabulary, trim_vocabulary
 
@@ -80,7 +81,8 @@ def test_text_encoder_starts_from_minilm_through_an_extended_and_trimmed_vocabul
         patch_size=16,
         projection_dim=16,
     )
-    model = build_model(Namespace(text_encoder=minilm_path()), config, original_ids)
+    model, teacher = build_model(Namespace(text_encoder=minilm_path()), config, original_ids)
+    assert teacher is None  # distillation is off in this config: no frozen copy is kept
     ours = model.scale.embeddings["text"].word_embeddings.weight
     theirs = bert.get_input_embeddings().weight
     dress = tokenizer.convert_tokens_to_ids("dress")
@@ -89,6 +91,17 @@ def test_text_encoder_starts_from_minilm_through_an_extended_and_trimmed_vocabul
     assert original_ids[new_character] >= theirs.shape[0]  # appended: a fresh row
     query = model.scale.encoders["text"].layer[0].attention
     assert any(torch.equal(p, bert.encoder.layer[0].attention.self.query.weight) for p in query.parameters())
+
+    # with distillation on, the teacher is that MiniLM, frozen, read through our vocabulary: its embedding
+    # of a caption is the frozen baseline's (MiniLM's own tokenizer and ids)
+    config.distillation_loss_weight = 1.0
+    model, teacher = build_model(Namespace(text_encoder=minilm_path()), config, original_ids)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    ours = tokenizer(["cotton dress official"], return_tensors="pt")
+    baseline = text_encoder_embeddings(minilm_path(), ["cotton dress official"], max_length=32)
+    torch.testing.assert_close(
+        teacher(ours["input_ids"], ours["attention_mask"]), torch.from_numpy(baseline), atol=1e-5, rtol=1e-4
+    )
 
 
 @pytest.mark.slow

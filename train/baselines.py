@@ -1,7 +1,7 @@
 """Baseline features scored by the same metric code as SCALE (the paper's Table 5 has BERT, CLIP and others).
 
 - The frozen text encoder SCALE starts from, mean-pooled over the caption's tokens (for MiniLM-L6, the way it
-  was trained as a sentence encoder): what pretraining must not lose.
+  was trained as a sentence encoder): what pretraining must not lose, and the teacher it distils toward.
 - Random vectors: the chance level of every metric on this data.
 
 SCALE's own per-modality contrastive features are the third kind of baseline; they come out of the
@@ -17,6 +17,36 @@ import torch
 from tqdm.auto import tqdm
 
 
+class FrozenTextEncoder(torch.nn.Module):
+    """A BERT-style encoder, frozen and always in eval mode, read as the mean of its last hidden states over
+    each caption's tokens. The baseline row scores it; pretraining distils toward it
+    (`ScaleConfig.distillation_loss_weight`)."""
+
+    def __init__(self, encoder: torch.nn.Module):
+        super().__init__()
+        self.encoder = encoder.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True) -> FrozenTextEncoder:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask[..., None].to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+    def teacher_inputs(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """`teacher_embeds` for a pretraining batch: the captions with the MLM masking undone (the masked
+        positions' `labels` hold the original tokens); nothing when the batch has no captions."""
+        if "input_ids" not in inputs:
+            return {}
+        input_ids = inputs["input_ids"]
+        labels = inputs.get("labels")
+        if labels is not None:
+            input_ids = torch.where(labels != -100, labels, input_ids)
+        return {"teacher_embeds": self(input_ids, inputs["attention_mask"])}
+
+
 @torch.no_grad()
 def text_encoder_embeddings(
     encoder_dir: str,
@@ -30,8 +60,8 @@ def text_encoder_embeddings(
     from transformers import AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir)
-    model = AutoModel.from_pretrained(encoder_dir).to(device).eval()
-    embeds = np.zeros((len(captions), model.config.hidden_size), dtype=np.float32)
+    model = FrozenTextEncoder(AutoModel.from_pretrained(encoder_dir)).to(device)
+    embeds = np.zeros((len(captions), model.encoder.config.hidden_size), dtype=np.float32)
     rows = [row for row, caption in enumerate(captions) if caption]
     for start in tqdm(range(0, len(rows), batch_size), desc="frozen text encoder", leave=False):
         chunk = rows[start : start + batch_size]
@@ -42,9 +72,7 @@ def text_encoder_embeddings(
             max_length=max_length,
             return_tensors="pt",
         ).to(device)
-        hidden = model(**inputs).last_hidden_state
-        weights = inputs["attention_mask"][..., None].to(hidden.dtype)
-        embeds[chunk] = ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).float().cpu().numpy()
+        embeds[chunk] = model(inputs["input_ids"], inputs["attention_mask"]).float().cpu().numpy()
     return embeds
 
 

@@ -21,6 +21,7 @@ import sys
 import torch
 
 from modeling_scale import MODALITIES, ScaleForPreTraining
+from train.baselines import FrozenTextEncoder
 from train.components import (
     DEFAULT_DATA_DIR,
     build_config,
@@ -46,6 +47,7 @@ LOSS_NAMES = (
     "mam_loss",
     "contrastive_loss",
     "subset_loss",
+    "distillation_loss",
 )
 
 
@@ -128,8 +130,12 @@ def bert_word_embeddings(bert, original_ids: list[int] | None, vocab_size: int, 
     return weight
 
 
-def build_model(args: argparse.Namespace, config, original_ids: list[int] | None) -> ScaleForPreTraining:
-    model = ScaleForPreTraining(config)
+def build_model(
+    args: argparse.Namespace, config, original_ids: list[int] | None
+) -> tuple[ScaleForPreTraining, FrozenTextEncoder | None]:
+    """The model, its text encoder initialised from `--text_encoder`, and that encoder frozen as the
+    distillation teacher (None without a text encoder or with `distillation_loss_weight=0`)."""
+    model, teacher = ScaleForPreTraining(config), None
     if args.text_encoder not in (None, "none"):
         from transformers import BertModel
 
@@ -137,7 +143,9 @@ def build_model(args: argparse.Namespace, config, original_ids: list[int] | None
         weight = bert_word_embeddings(bert, original_ids, config.vocab_size, config.initializer_range)
         bert.set_input_embeddings(torch.nn.Embedding.from_pretrained(weight, freeze=False))
         model.load_text_encoder_weights(bert)
-    return model
+        if config.distillation_loss_weight > 0:
+            teacher = FrozenTextEncoder(bert)
+    return model, teacher
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer, added_characters, original_ids = build_tokenizer(args, dataset)
     config = build_config(preset, len(tokenizer), parse_overrides(args.config_overrides))
     processor = build_processor(tokenizer, config, preset["processor"])
-    model = build_model(args, config, original_ids)
+    model, teacher = build_model(args, config, original_ids)
     accelerator.print(
         f"SCALE: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters; "
         f"{len(dataset)} products; {added_characters} corpus characters added to the vocabulary; "
@@ -175,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         loss_names=LOSS_NAMES,
         extra_scalars=alignment_scalars,
         tracker_project="scale_pretrain",
+        extra_inputs=teacher and teacher.to(accelerator.device).teacher_inputs,
     )
 
     accelerator.wait_for_everyone()

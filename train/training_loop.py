@@ -264,11 +264,14 @@ def train(
     loss_names: tuple[str, ...] = ("loss",),
     extra_scalars: Callable[[object, dict], dict[str, torch.Tensor]] | None = None,
     tracker_project: str = "scale",
+    extra_inputs: Callable[[dict], dict[str, torch.Tensor]] | None = None,
 ) -> TrainingState:
     """
     Trains `model` on the map-style `dataset` (batches built by `collate_fn`), with checkpoints in
     OUTPUT_DIR/checkpoints/step_N. Returns the final state. `loss_names` are output fields logged when
-    present (not None); `extra_scalars(outputs, batch)` may add more (e.g. entries of S).
+    present (not None); `extra_scalars(outputs, batch)` may add more (e.g. entries of S);
+    `extra_inputs(inputs)` adds model inputs computed on the device from the batch's (e.g. a frozen
+    teacher's targets).
     """
     sampler = EpochShuffleSampler(len(dataset), seed=args.seed)
     loader = DataLoader(
@@ -341,7 +344,10 @@ def train(
         for batch in epoch_loader:
             pending_failures.extend(batch.get("input_failures", ()))
             with accelerator.accumulate(model):
-                outputs = model(**model_inputs(batch))
+                inputs = model_inputs(batch)
+                if extra_inputs is not None:
+                    inputs.update(extra_inputs(inputs))
+                outputs = model(**inputs)
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
