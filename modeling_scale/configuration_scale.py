@@ -135,7 +135,7 @@ class ScaleConfig(PreTrainedConfig):
         subset_loss_weight: float = 1.0,
         subset_keep_probability: float = 0.5,
         num_subset_views: int = 2,
-        distillation_loss_weight: float = 0.0,
+        distillation_loss_weight: float = 0.3,
         distillation_temperature: float = 0.05,
         **kwargs,
     ):

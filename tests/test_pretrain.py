@@ -80,6 +80,7 @@ def test_text_encoder_starts_from_minilm_through_an_extended_and_trimmed_vocabul
         image_size=32,
         patch_size=16,
         projection_dim=16,
+        distillation_loss_weight=0.0,
     )
     model, teacher = build_model(Namespace(text_encoder=minilm_path()), config, original_ids)
     assert teacher is None  # distillation is off in this config: no frozen copy is kept
