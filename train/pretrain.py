@@ -134,7 +134,9 @@ def build_model(
     args: argparse.Namespace, config, original_ids: list[int] | None
 ) -> tuple[ScaleForPreTraining, FrozenTextEncoder | None]:
     """The model, its text encoder initialised from `--text_encoder`, and that encoder frozen as the
-    distillation teacher (None without a text encoder or with `distillation_loss_weight=0`)."""
+    distillation teacher (None without a text encoder or with `distillation_loss_weight=0`). The teacher
+    reads our vocabulary: corpus characters the encoder never had keep the random rows the model starts
+    from, where the frozen baseline row sees [UNK]."""
     model, teacher = ScaleForPreTraining(config), None
     if args.text_encoder not in (None, "none"):
         from transformers import BertModel
