@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         loss_names=LOSS_NAMES,
         extra_scalars=alignment_scalars,
         tracker_project="scale_pretrain",
-        extra_inputs=teacher and teacher.to(accelerator.device).teacher_inputs,
+        extra_inputs=None if teacher is None else teacher.to(accelerator.device).teacher_inputs,
     )
 
     accelerator.wait_for_everyone()
