@@ -455,6 +455,61 @@ class ScalePredictionHead(nn.Module):
 # ------------------------------------------------------------------------------------------------------------
 
 
+def modality_set_codes(modality_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) integer code of each sample's modality set from a (B, 5) mask: bit i is `MODALITIES[i]`."""
+    bits = 2 ** torch.arange(modality_mask.shape[-1], device=modality_mask.device)
+    return (modality_mask.long() * bits).sum(dim=-1)
+
+
+class ScaleModalitySetNorm(nn.Module):
+    """Standardises `product_embeds` with the mean and standard deviation of the modality set they were fused
+    from (one row per set: `modality_set_codes`).
+
+    The same product fused from different modality sets lands in regions that differ by a per-set offset and
+    spread, so a caption-only query finds the caption-only listings first, whatever they sell (the "modality
+    gap" of contrastive models). As with BatchNorm's running statistics, the rows are buffers fitted on the
+    model's own embeddings after training (`fit`; `train/modality_set_calibration.py`), not parameters;
+    until then (mean 0, std 1) the map is the identity."""
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        num_sets = 2 ** len(MODALITIES)
+        self.register_buffer("mean", torch.zeros(num_sets, config.hidden_size))
+        self.register_buffer("std", torch.ones(num_sets, config.hidden_size))
+
+    def forward(self, product_embeds: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
+        codes = modality_set_codes(modality_mask)
+        mean, std = self.mean[codes].to(product_embeds.dtype), self.std[codes].to(product_embeds.dtype)
+        return (product_embeds - mean) / std
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Back to the identity (the raw fused embeddings), e.g. before fitting again."""
+        self.mean.zero_()
+        self.std.fill_(1.0)
+
+    @torch.no_grad()
+    def fit(
+        self, counts: torch.Tensor, sums: torch.Tensor, squares: torch.Tensor, prior_count: float = 16.0
+    ) -> None:
+        """Set each set's statistics from the (num_sets,) counts, (num_sets, H) sums and sums of squares of
+        raw `product_embeds` (the identity map's outputs). A set seen n times gets its own mean and variance
+        with weight n / (n + prior_count) and the pooled ones (all sets together) with the rest, so a rare
+        set is not standardised by a handful of samples and a set never seen gets the pooled statistics."""
+        counts, sums, squares = counts.double(), sums.double(), squares.double()
+        total = counts.sum()
+        if total == 0:
+            raise ValueError("no embeddings to fit the modality-set statistics on")
+        pooled_mean, pooled_square = sums.sum(0) / total, squares.sum(0) / total
+        weight = (counts / (counts + prior_count))[:, None]
+        seen = counts.clamp(min=1)[:, None]
+        mean = weight * sums / seen + (1 - weight) * pooled_mean
+        square = weight * squares / seen + (1 - weight) * pooled_square
+        variance = (square - mean**2).clamp(min=0)
+        self.mean.copy_(mean)
+        self.std.copy_(variance.sqrt().clamp(min=1e-6))
+
+
 @dataclass
 class ScaleModelOutput(ModelOutput):
     r"""
@@ -462,8 +517,9 @@ class ScaleModelOutput(ModelOutput):
         JCT output over the concatenated tokens of the given modalities (in `MODALITIES` order); zero at
         tokens that are masked out (padding, missing modalities).
     product_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
-        Fused product embedding: the mean over the present modalities of each modality's mean post-JCT token.
-        No projection: pretraining has no loss on one, so it would stay at its random initialisation.
+        Fused product embedding: the mean over the present modalities of each modality's mean post-JCT token,
+        plus `product_projection` of it, standardised by the statistics of its modality set
+        (`ScaleModalitySetNorm`; the identity until they are fitted).
     text_embeds, table_embeds, image_embeds, video_embeds, audio_embeds (`(batch_size, projection_dim)`):
         Contrastive features of each modality (mean of its encoder's tokens before the JCT -> projection
         head), not normalised; zero where the sample lacks the modality.
@@ -646,6 +702,9 @@ class ScalePreTrainedModel(PreTrainedModel):
                 # "learned" S starts at all ones (k * S * softmax(S) = 1), "bounded" S at a constant (a
                 # uniform softmax times the count = 1): SIMCL starts unweighted.
                 init.ones_(module.alignment_parameter)
+        elif isinstance(module, ScaleModalitySetNorm):  # the identity until fitted
+            init.zeros_(module.mean)
+            init.ones_(module.std)
 
     def load_text_encoder_weights(self, bert: "str | os.PathLike | PreTrainedModel") -> list[str]:
         """Initialise the text embeddings and encoder from a BERT checkpoint (the paper starts from BERT).
@@ -745,6 +804,7 @@ class ScaleModel(ScalePreTrainedModel):
         # The fused token states must keep their modality (the masked tasks read it); this residual map,
         # trained by the subset-consistency loss from zero (identity), lets the product embedding drop it.
         self.product_projection = nn.Linear(config.hidden_size, config.hidden_size)
+        self.modality_set_norm = ScaleModalitySetNorm(config)
         self.alignment_parameter = (
             nn.Parameter(torch.ones(len(MODALITIES), len(MODALITIES)))
             if config.alignment in ("learned", "bounded")
@@ -820,7 +880,7 @@ class ScaleModel(ScalePreTrainedModel):
 
         `product_embeds` is the mean over the modalities a sample keeps of their mean post-JCT token (every
         modality counts once, however many tokens it has; the others are not counted), plus
-        `product_projection` of that mean."""
+        `product_projection` of that mean, standardised for the set of modalities kept."""
         fusion_mask = torch.cat([token_keep[name] for name in spans], dim=1)
         fused = self.fusion_encoder(fusion_inputs, fusion_mask)
         fused = torch.where(fusion_mask[..., None], fused, 0.0)
@@ -830,7 +890,9 @@ class ScaleModel(ScalePreTrainedModel):
         )
         kept = torch.stack([token_keep[name].any(dim=-1) for name in spans], dim=1)
         pooled = pooled.sum(dim=1) / kept.sum(dim=1, keepdim=True).clamp(min=1)
-        return fused, fusion_mask, pooled + self.product_projection(pooled)
+        kept_set = torch.zeros(kept.shape[0], len(MODALITIES), dtype=torch.bool, device=kept.device)
+        kept_set[:, [MODALITIES.index(name) for name in spans]] = kept
+        return fused, fusion_mask, self.modality_set_norm(pooled + self.product_projection(pooled), kept_set)
 
     def subset_product_embeds(self, encoding: _ScaleEncoding, keep_modalities: torch.Tensor) -> torch.Tensor:
         """`product_embeds` of the same products fused from only the modalities in `keep_modalities` (B, 5).
@@ -939,6 +1001,26 @@ class ScaleModel(ScalePreTrainedModel):
     def get_product_embeddings(self, **inputs) -> torch.Tensor:
         """(B, hidden_size) fused product embeddings of whatever modalities are given / unmasked."""
         return self._encode(**inputs).product_embeds
+
+    def get_subset_product_embeddings(
+        self, subset_modality_mask: torch.Tensor, **inputs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each product fused from all its modalities and from each of its subset views.
+
+        Args:
+            subset_modality_mask: (B, V, 5) the modalities of each view (those a product lacks are ignored).
+            inputs: the model's inputs, as for `forward`.
+
+        Returns:
+            `product_embeds` (B, V + 1, hidden_size), the full view first, and the modality set each view was
+            fused from (B, V + 1, 5) bool. The modality encoders run once, the JCT once per view.
+        """
+        encoding = self._encode(**inputs)
+        views = subset_modality_mask.bool() & encoding.modality_mask[:, None]
+        embeds = [encoding.product_embeds] + [
+            self.subset_product_embeds(encoding, views[:, view]) for view in range(views.shape[1])
+        ]
+        return torch.stack(embeds, dim=1), torch.cat([encoding.modality_mask[:, None], views], dim=1)
 
     def _modality_features(self, name: str, inputs: dict) -> torch.Tensor:
         """Contrastive feature of one modality alone (its encoder and projection only, no JCT)."""
@@ -1337,11 +1419,13 @@ __all__ = [
     "ScaleForPreTraining",
     "ScaleForPreTrainingOutput",
     "ScaleForProductClassification",
+    "ScaleModalitySetNorm",
     "ScaleModel",
     "ScaleModelOutput",
     "ScalePreTrainedModel",
     "audio_group_mask",
     "audio_group_vectors",
     "image_patch_vectors",
+    "modality_set_codes",
     "video_frame_vectors",
 ]

@@ -7,8 +7,9 @@
 The text encoder (and the tokenizer) come from a BERT checkpoint (`--text_encoder`, default: the offline
 MiniLM-L6); every other part starts from scratch, as in the paper. Checkpoints (`accelerator.save_state`) go
 to OUTPUT_DIR/checkpoints/step_N; `--resume_from_checkpoint latest` continues exactly where a run stopped.
-The final model and processor are saved with `save_pretrained` in OUTPUT_DIR (loadable with
-`AutoModel.from_pretrained`), with a model card.
+After training, the per-modality-set standardisation of `product_embeds` is fitted on the model's own
+embeddings (`train/modality_set_calibration.py`, `--calibration_products`). The final model and processor
+are saved with `save_pretrained` in OUTPUT_DIR (loadable with `AutoModel.from_pretrained`), with a model card.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from train.components import (
     parse_overrides,
 )
 from train.data import IndexedDataset, ScaleBatchCollator, check_modalities, only_columns_of
+from train.modality_set_calibration import calibrate_modality_sets
 from train.model_card import portable_reference, write_model_card
 from train.publish import add_hub_arguments, push_training_output
 from train.training_loop import add_training_arguments, make_accelerator, train
@@ -81,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--modalities",
         default=",".join(MODALITIES),
         help="comma-separated modalities to pretrain on (default: all five)",
+    )
+    parser.add_argument(
+        "--calibration_products",
+        type=int,
+        default=8192,
+        help="products whose embeddings (all modalities and random subsets) fit the per-modality-set "
+        "standardisation of product_embeds after training (train/modality_set_calibration.py); 0 skips it",
     )
     add_training_arguments(parser)
     add_hub_arguments(parser)
@@ -190,6 +199,21 @@ def main(argv: list[str] | None = None) -> None:
 
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
+    if args.calibration_products > 0:
+        modality_sets = calibrate_modality_sets(
+            unwrapped,
+            processor,
+            dataset,
+            args.modalities,
+            max_products=args.calibration_products,
+            keep_probability=config.subset_keep_probability,
+            batch_size=args.per_device_batch_size,
+            num_workers=args.num_workers,
+            seed=args.seed,
+            accelerator=accelerator,
+            show_progress=accelerator.is_local_main_process,
+        )
+        accelerator.print(f"modality-set statistics from {sum(modality_sets.values())} embeddings")
     unwrapped.save_pretrained(
         args.output_dir,
         is_main_process=accelerator.is_main_process,
@@ -214,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "learning_rate": args.learning_rate,
             "input_failures": state.extra["input_failures"],
+            "modality_set_calibration": modality_sets if args.calibration_products > 0 else None,
         }
         with open(os.path.join(args.output_dir, "training_summary.json"), "w") as handle:
             json.dump(summary, handle, indent=1)

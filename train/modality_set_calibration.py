@@ -1,0 +1,157 @@
+"""Fit SCALE's per-modality-set standardisation (`ScaleModalitySetNorm`) on the model's own embeddings.
+
+`train/pretrain.py` runs it after training. For a checkpoint trained before it existed:
+
+    python -m train.modality_set_calibration --model_dir outputs/pretrain --data_dir outputs/m5product
+
+With the norm reset to the identity, each product of the pretraining split (up to `max_products`, a seeded
+random choice) is fused from all its modalities and from `num_views` random subsets of them (each modality
+kept with probability `keep_probability`, at least one, as the subset-consistency loss draws them); the
+counts, sums and sums of squares of the raw embeddings per modality set are summed over every process and
+`ScaleModalitySetNorm.fit` turns them into each set's mean and standard deviation. Products without any
+readable modality are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from modeling_scale import MODALITIES
+from modeling_scale.collator_scale import draw_modality_subset
+from modeling_scale.modeling_scale import modality_set_codes
+from train.data import ScaleBatchCollator, model_inputs, only_columns_of
+from train.embeddings import default_device
+
+
+def modality_set_name(code: int) -> str:
+    """`text+image` for the set whose bits are those of text and image (`modality_set_codes`)."""
+    return "+".join(name for index, name in enumerate(MODALITIES) if code >> index & 1) or "none"
+
+
+@torch.no_grad()
+def modality_set_sums(
+    model: torch.nn.Module,
+    batches,
+    num_views: int,
+    keep_probability: float,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(num_sets,) counts, (num_sets, H) sums and sums of squares (float64) of `model`'s `product_embeds`
+    over the collated `batches`, each product fused from all its modalities and `num_views` subsets."""
+    base = model.base_model
+    num_sets, hidden = base.modality_set_norm.mean.shape
+    counts = torch.zeros(num_sets, dtype=torch.float64, device=device)
+    sums = torch.zeros(num_sets, hidden, dtype=torch.float64, device=device)
+    squares = torch.zeros_like(sums)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    for batch in batches:
+        inputs = model_inputs(batch, device)
+        present = inputs["modality_mask"].bool().cpu()
+        views = present[:, None].expand(-1, num_views, -1)
+        subsets = draw_modality_subset(views, keep_probability, generator)
+        with autocast:
+            embeds, sets = base.get_subset_product_embeddings(subsets.to(device), **inputs)
+        embeds, codes = embeds.flatten(0, 1).double(), modality_set_codes(sets.flatten(0, 1))
+        has_any = codes > 0
+        embeds, codes = embeds[has_any], codes[has_any]
+        counts.index_add_(0, codes, torch.ones_like(codes, dtype=torch.float64))
+        sums.index_add_(0, codes, embeds)
+        squares.index_add_(0, codes, embeds**2)
+    return counts, sums, squares
+
+
+def calibrate_modality_sets(
+    model: torch.nn.Module,
+    processor,
+    dataset,
+    modalities: Sequence[str] = MODALITIES,
+    max_products: int = 8192,
+    num_views: int = 4,
+    keep_probability: float = 0.5,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    prior_count: float = 16.0,
+    seed: int = 0,
+    accelerator=None,
+    show_progress: bool = True,
+) -> dict[str, int]:
+    """Fit `model`'s `ScaleModalitySetNorm` (module docstring) on up to `max_products` rows of `dataset`.
+
+    Args:
+        model: a `ScaleModel` or any `ScaleFor*` head model (unwrapped); it is left in the mode it was in.
+        accelerator: when given, each process embeds its share of the products on its device and the sums
+            are added over processes; otherwise one process on `default_device()`.
+
+    Returns:
+        The number of embeddings per modality set (by name) the statistics were fitted on.
+    """
+    device = accelerator.device if accelerator is not None else default_device()
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+    generator = torch.Generator().manual_seed(seed)
+    chosen = torch.randperm(len(dataset), generator=generator)[:max_products].sort().values.tolist()
+    rows = only_columns_of(dataset, modalities).select(chosen[rank::world])
+    loader = DataLoader(
+        rows,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=ScaleBatchCollator(processor, modalities),
+    )
+    base = model.base_model
+    was_training = base.training
+    base.eval().to(device)
+    base.modality_set_norm.reset()
+    progress = tqdm(loader, desc="modality-set statistics", disable=not show_progress)
+    counts, sums, squares = modality_set_sums(model, progress, num_views, keep_probability, generator, device)
+    if accelerator is not None and world > 1:
+        counts, sums, squares = (accelerator.reduce(t, reduction="sum") for t in (counts, sums, squares))
+    base.modality_set_norm.fit(counts, sums, squares, prior_count=prior_count)
+    base.train(was_training)
+    return {modality_set_name(code): int(n) for code, n in enumerate(counts.tolist()) if n > 0}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model_dir", required=True, help="saved SCALE folder (any head), updated in place")
+    parser.add_argument("--data_dir", required=True, help="converted M5Product folder")
+    parser.add_argument("--max_products", type=int, default=8192)
+    parser.add_argument("--num_views", type=int, default=4)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from transformers import AutoConfig, AutoProcessor
+
+    import modeling_scale.modeling_scale as modeling
+    from train.components import load_split
+
+    args = parse_args(argv)
+    architecture = (AutoConfig.from_pretrained(args.model_dir).architectures or ["ScaleModel"])[0]
+    model = getattr(modeling, architecture).from_pretrained(args.model_dir)
+    processor = AutoProcessor.from_pretrained(args.model_dir)
+    counts = calibrate_modality_sets(
+        model,
+        processor,
+        load_split(args.data_dir, "pretrain", "train"),
+        max_products=args.max_products,
+        num_views=args.num_views,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        seed=args.seed,
+    )
+    model.save_pretrained(args.model_dir)
+    print(f"modality-set statistics fitted on {sum(counts.values())} embeddings: {counts}")
+
+
+if __name__ == "__main__":
+    main()
