@@ -270,10 +270,11 @@ def relational_distillation_loss(
     rows = torch.arange(z.shape[0], device=z.device) + offset
     columns = all_valid[None, :] & ~F.one_hot(rows, all_z.shape[0]).bool()  # (B, G)
     fill = torch.finfo(torch.float32).min
-    teacher_logits = (target @ all_target.T / temperature).masked_fill(~columns, fill)
-    teacher_log_probs = torch.log_softmax(teacher_logits, dim=-1)
-    student_logits = torch.einsum("bvd,gvd->bvg", z, all_z) / temperature
-    student_log_probs = torch.log_softmax(student_logits.masked_fill(~columns[:, None], fill), dim=-1)
+    with torch.autocast(z.device.type, enabled=False):  # float32 under bf16 mixed precision too
+        teacher_logits = (target @ all_target.T / temperature).masked_fill(~columns, fill)
+        teacher_log_probs = torch.log_softmax(teacher_logits, dim=-1)
+        student_logits = torch.einsum("bvd,gvd->bvg", z, all_z) / temperature
+        student_log_probs = torch.log_softmax(student_logits.masked_fill(~columns[:, None], fill), dim=-1)
     divergence = teacher_log_probs.exp()[:, None] * (teacher_log_probs[:, None] - student_log_probs)
     per_row = torch.where(columns[:, None], divergence, 0.0).sum(dim=-1)  # (B, V)
 

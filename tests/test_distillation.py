@@ -46,6 +46,20 @@ def test_relational_distillation_is_the_kl_between_the_batch_softmaxes():
     )
 
 
+def test_relational_distillation_runs_in_float32_under_bf16_autocast():
+    """Under mixed precision (accelerate autocasts the model's forward) the similarities stay float32: in
+    bf16 the masked-out columns' fill overflowed and the softmaxes lost their precision."""
+    generator = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 2, 8, generator=generator), torch.randn(6, 12, generator=generator)
+    valid = torch.tensor([1, 1, 0, 1, 1, 1], dtype=torch.bool)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = relational_distillation_loss(student, teacher.bfloat16(), valid, 0.05)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(
+        loss, relational_distillation_loss(student, teacher.bfloat16().float(), valid, 0.05)
+    )
+
+
 def test_relational_distillation_leaves_out_products_without_a_teacher_row_and_is_zero_when_relations_agree():
     generator = torch.Generator().manual_seed(1)
     teacher = torch.randn(6, 8, generator=generator)

@@ -271,7 +271,7 @@ def train(
     OUTPUT_DIR/checkpoints/step_N. Returns the final state. `loss_names` are output fields logged when
     present (not None); `extra_scalars(outputs, batch)` may add more (e.g. entries of S);
     `extra_inputs(inputs)` adds model inputs computed on the device from the batch's (e.g. a frozen
-    teacher's targets).
+    teacher's targets), under the accelerator's autocast.
     """
     sampler = EpochShuffleSampler(len(dataset), seed=args.seed)
     loader = DataLoader(
@@ -346,7 +346,8 @@ def train(
             with accelerator.accumulate(model):
                 inputs = model_inputs(batch)
                 if extra_inputs is not None:
-                    inputs.update(extra_inputs(inputs))
+                    with accelerator.autocast():  # in the model's precision (bf16 on a GPU)
+                        inputs.update(extra_inputs(inputs))
                 outputs = model(**inputs)
                 accelerator.backward(outputs.loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
