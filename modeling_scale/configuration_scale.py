@@ -91,6 +91,11 @@ class ScaleConfig(PreTrainedConfig):
             its full and subset `product_embeds`, is held to the teacher's, so pretraining on a small
             catalogue keeps what the text encoder knew about which products are alike.
         distillation_temperature: temperature of both softmaxes of that term.
+        pack_tokens: run every encoder and the JCT on each sample's kept tokens only (moved to the front of
+            the row, the batch cut to its longest row; rows keeping nothing skipped), so padding and absent
+            modalities cost (almost) nothing; `False` runs the padded batch. The outputs that are read
+            (kept tokens, pooled features, losses) are the same either way; with `output_hidden_states` /
+            `output_attentions` the padded path runs, so the recorded tensors keep their padded layout.
     """
 
     model_type = "scale"
@@ -137,6 +142,7 @@ class ScaleConfig(PreTrainedConfig):
         num_subset_views: int = 2,
         distillation_loss_weight: float = 0.3,
         distillation_temperature: float = 0.05,
+        pack_tokens: bool = True,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -179,6 +185,7 @@ class ScaleConfig(PreTrainedConfig):
         self.num_subset_views = num_subset_views
         self.distillation_loss_weight = distillation_loss_weight
         self.distillation_temperature = distillation_temperature
+        self.pack_tokens = pack_tokens
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self._check_consistency()
 

@@ -116,18 +116,39 @@ class ScaleSelfAttention(nn.Module):
         self.dropout = config.attention_probs_dropout_prob
 
     def forward(
-        self, hidden_states: torch.Tensor, token_mask: torch.Tensor, output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        token_mask: torch.Tensor,
+        output_attentions: bool = False,
+        slots: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(attention output, attention probabilities (B, heads, L, L) when `output_attentions`, else None).
-        Only the eager path computes the probabilities, so `output_attentions` runs this layer eagerly."""
-        input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-        query = self.query(hidden_states).view(hidden_shape).transpose(1, 2)
-        key = self.key(hidden_states).view(hidden_shape).transpose(1, 2)
-        value = self.value(hidden_states).view(hidden_shape).transpose(1, 2)
+        Only the eager path computes the probabilities, so `output_attentions` runs this layer eagerly.
+
+        With `slots` (N,), `hidden_states` are N unpadded tokens (N, H) and `token_mask` the (R, L) layout
+        they are scattered into for attention alone (`TokenPacking`); the output is unpadded again."""
+        if slots is not None:
+            rows, length = token_mask.shape
+            flat = hidden_states
+
+            def padded(projection: nn.Linear) -> torch.Tensor:
+                values = projection(flat)
+                return values.new_zeros(rows * length, values.shape[-1]).index_copy(0, slots, values)
+
+            hidden_shape = (rows, length, -1, self.head_dim)
+            input_shape = (rows, length)
+            query = padded(self.query).view(hidden_shape).transpose(1, 2)
+            key = padded(self.key).view(hidden_shape).transpose(1, 2)
+            value = padded(self.value).view(hidden_shape).transpose(1, 2)
+        else:
+            input_shape = hidden_states.shape[:-1]
+            hidden_shape = (*input_shape, -1, self.head_dim)
+            query = self.query(hidden_states).view(hidden_shape).transpose(1, 2)
+            key = self.key(hidden_states).view(hidden_shape).transpose(1, 2)
+            value = self.value(hidden_states).view(hidden_shape).transpose(1, 2)
 
         # Additive (B, 1, 1, L) key mask in the dtype attention runs in (autocast included); every row keeps
-        # at least one key (see ScaleModel), so no softmax is over an empty set.
+        # at least one key (see ScaleEncoder), so no softmax is over an empty set.
         additive_mask = torch.zeros(token_mask.shape, dtype=query.dtype, device=query.device)
         additive_mask = additive_mask.masked_fill(~token_mask, torch.finfo(query.dtype).min)[:, None, None, :]
 
@@ -145,7 +166,10 @@ class ScaleSelfAttention(nn.Module):
             dropout=self.dropout if self.training else 0.0,
             scaling=self.scaling,
         )
-        return attn_output.reshape(*input_shape, -1).contiguous(), attn_weights if output_attentions else None
+        attn_output = attn_output.reshape(*input_shape, -1)
+        if slots is not None:
+            attn_output = attn_output.flatten(0, 1).index_select(0, slots)
+        return attn_output.contiguous(), attn_weights if output_attentions else None
 
 
 class ScaleSelfOutput(nn.Module):
@@ -166,9 +190,13 @@ class ScaleAttention(nn.Module):
         self.output = ScaleSelfOutput(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, token_mask: torch.Tensor, output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        token_mask: torch.Tensor,
+        output_attentions: bool = False,
+        slots: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attention_output, attention_weights = self.self(hidden_states, token_mask, output_attentions)
+        attention_output, attention_weights = self.self(hidden_states, token_mask, output_attentions, slots)
         return self.output(attention_output, hidden_states), attention_weights
 
 
@@ -203,22 +231,61 @@ class ScaleLayer(GradientCheckpointingLayer):
         self.output = ScaleOutput(config)
 
     def forward(
-        self, hidden_states: torch.Tensor, token_mask: torch.Tensor, output_attentions: bool = False
+        self,
+        hidden_states: torch.Tensor,
+        token_mask: torch.Tensor,
+        output_attentions: bool = False,
+        slots: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attention_output, attention_weights = self.attention(hidden_states, token_mask, output_attentions)
+        """`slots`: unpadded tokens (see `ScaleSelfAttention`); every part but attention is per token."""
+        attention_output, attention_weights = self.attention(
+            hidden_states, token_mask, output_attentions, slots=slots
+        )
         return self.output(self.intermediate(attention_output), attention_output), attention_weights
+
+
+@dataclass
+class TokenPacking:
+    """The kept tokens of a (B, L) mask as one unpadded sequence: `kept` (N,) their positions in the flattened
+    (B * L) batch, in order; `slots` (N,) where each goes in the (R, longest) layout attention runs on (the R
+    rows keeping any token, each cut to the longest row); `mask` (R, longest) the filled slots."""
+
+    kept: torch.Tensor
+    slots: torch.Tensor
+    mask: torch.Tensor
+
+
+def pack_kept_tokens(token_mask: torch.Tensor) -> TokenPacking:
+    """`TokenPacking` of `token_mask` (B, L) bool; one host-device sync (the sizes depend on the data)."""
+    counts = token_mask.sum(dim=-1)
+    has_any = counts > 0
+    num_rows, longest, total = torch.stack([has_any.sum(), counts.max(), counts.sum()]).tolist()
+    kept = torch.argsort((~token_mask.flatten()).to(torch.int8), stable=True)[:total]
+    slot_of = (has_any.cumsum(0) - 1)[:, None] * longest + token_mask.cumsum(dim=-1) - 1
+    slots = slot_of.flatten().index_select(0, kept)
+    mask = torch.zeros(num_rows * longest, dtype=torch.bool, device=token_mask.device)
+    return TokenPacking(kept=kept, slots=slots, mask=mask.index_fill(0, slots, True).view(num_rows, longest))
 
 
 class ScaleEncoder(nn.Module):
     def __init__(self, config: ScaleConfig, num_layers: int):
         super().__init__()
+        self.config = config
         self.layer = nn.ModuleList([ScaleLayer(config) for _ in range(num_layers)])
 
     def forward(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
-        """`token_mask` (B, L) bool: the keys each token may attend to. Inside `_recording_outputs`, the
-        encoder also leaves its per-layer hidden states and attention maps with the recorder."""
+        """`token_mask` (B, L) bool: the keys each token may attend to; the output is read at those tokens
+        only. With `config.pack_tokens` the layers run on the kept tokens alone (`pack_kept_tokens`) and the
+        other positions come back as zeros. Inside `_recording_outputs`, the encoder runs padded and leaves
+        its per-layer hidden states and attention maps with the recorder."""
         recorder = _OUTPUT_RECORDER.get()
+        if recorder is None and self.config.pack_tokens:
+            return self._packed(hidden_states, token_mask)
         output_attentions = recorder is not None and recorder.attentions
+        # a row keeping nothing (a sample without this modality) attends to its token 0, not to an empty
+        # set: the fill alone is finite in float32, but overflows to -inf (then NaN) in bf16
+        first = torch.arange(token_mask.shape[1], device=token_mask.device) == 0
+        token_mask = token_mask | (~token_mask.any(dim=-1, keepdim=True) & first)
         states, maps = [hidden_states], []
         for layer in self.layer:
             hidden_states, attention_weights = layer(hidden_states, token_mask, output_attentions)
@@ -228,6 +295,16 @@ class ScaleEncoder(nn.Module):
         if recorder is not None:
             recorder.record(self, tuple(states), tuple(maps))
         return hidden_states
+
+    def _packed(self, hidden_states: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        packing = pack_kept_tokens(token_mask)
+        flat = hidden_states.flatten(0, 1)
+        if packing.kept.numel() == 0:  # nothing kept anywhere
+            return torch.zeros_like(hidden_states)
+        tokens = flat.index_select(0, packing.kept)
+        for layer in self.layer:
+            tokens = layer(tokens, packing.mask, slots=packing.slots)[0]
+        return flat.new_zeros(flat.shape).index_copy(0, packing.kept, tokens).view(hidden_states.shape)
 
 
 class _OutputRecorder:
@@ -864,11 +941,8 @@ class ScaleModel(ScalePreTrainedModel):
         return tokens, mask, has_content
 
     def _encode_modality(self, name: str, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Run one modality encoder on the kept tokens. Token 0 always stays attendable inside its own
-        encoder: a sample lacking the modality attends to a zeroed token 0, not to an empty set (no NaN)."""
-        tokens = torch.where(keep[..., None], tokens, 0.0)
-        encoder_mask = torch.cat([torch.ones_like(keep[:, :1]), keep[:, 1:]], dim=1)
-        return self.encoders[name](tokens, encoder_mask)
+        """Run one modality encoder on the kept tokens (a sample lacking the modality keeps none)."""
+        return self.encoders[name](torch.where(keep[..., None], tokens, 0.0), keep)
 
     def _fuse(
         self,

@@ -23,3 +23,18 @@ def test_training_benchmark_runs_tiny_preset_on_cpu():
     )
     assert result["mfu"] == pytest.approx(result["train_tflops_achieved"] / 1.0)
     assert math.isfinite(result["train_tflops_achieved"])
+
+
+def test_packing_benchmark_counts_fewer_flops_packed_on_both_coverages():
+    from train.benchmark_packing import COVERAGES, run
+
+    results = run("tiny", batch_size=4, num_batches=1, repeats=1)
+    assert set(results) == set(COVERAGES)
+    for row in results.values():
+        # absent video / audio and cut captions / tables are skipped by the packed model only
+        assert row["packed embed GFLOP/product"] < 0.9 * row["padded embed GFLOP/product"]
+        assert row["packed train GFLOP/product"] < row["padded train GFLOP/product"]
+        assert row["packed / padded train GFLOP"] == pytest.approx(
+            row["packed train GFLOP/product"] / row["padded train GFLOP/product"]
+        )
+        assert row["padded train s/product"] > 0 and row["packed train s/product"] > 0

@@ -74,33 +74,40 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def measure(config: ScaleConfig | None = None, batch_size: int = 2) -> dict[str, float]:
-    """Build `ScaleForPreTraining(config)` and run one counted forward+backward on a paper-sized batch."""
+    """Build `ScaleForPreTraining(config)` and count one forward+backward and one `ScaleModel` forward on a
+    paper-sized batch, padded (`pack_tokens=False`) and packed: every modality is present at full length,
+    so packing only skips the modalities each subset view leaves out."""
     config = config or ScaleConfig()
     torch.manual_seed(0)
     model = ScaleForPreTraining(config).train()
     batch = paper_sized_batch(config, batch_size)
-    counter = FlopCounterMode(display=False)
-    start = time.perf_counter()
-    with counter:
-        output = model(**batch)
-        output.loss.backward()
-    seconds = time.perf_counter() - start
-    inference_counter = FlopCounterMode(display=False)
     model_inputs = {key: value for key, value in batch.items() if key in MODEL_INPUT_NAMES}
-    with torch.no_grad(), inference_counter:
-        model.scale(**model_inputs)
-    if not torch.isfinite(output.loss):
-        raise RuntimeError(f"the forward pass gave a non-finite loss: {output.loss}")
+    stats = {}
+    for suffix, pack_tokens in (("", False), ("_packed", True)):
+        model.config.pack_tokens = pack_tokens
+        counter = FlopCounterMode(display=False)
+        start = time.perf_counter()
+        with counter:
+            output = model(**batch)
+            output.loss.backward()
+        stats[f"seconds_forward_backward{suffix}"] = time.perf_counter() - start
+        if not torch.isfinite(output.loss):
+            raise RuntimeError(f"the forward pass gave a non-finite loss: {output.loss}")
+        inference_counter = FlopCounterMode(display=False)
+        with torch.no_grad(), inference_counter:
+            model.scale(**model_inputs)
+        stats[f"train_flops_per_sample{suffix}"] = counter.get_total_flops() / batch_size
+        stats[f"inference_flops_per_sample{suffix}"] = inference_counter.get_total_flops() / batch_size
+        model.zero_grad()
+    model.config.pack_tokens = config.pack_tokens
     return {
         "parameters_pretraining": count_parameters(model),
         "parameters_base_model": count_parameters(model.scale),
         "parameters_per_encoder": count_parameters(model.scale.encoders["text"]),
         "parameters_fusion_encoder": count_parameters(model.scale.fusion_encoder),
         "fusion_tokens": fusion_tokens(config),
-        "train_flops_per_sample": counter.get_total_flops() / batch_size,
-        "inference_flops_per_sample": inference_counter.get_total_flops() / batch_size,
+        **stats,
         "batch_size": batch_size,
-        "seconds_forward_backward": seconds,
         "loss": output.loss.item(),
     }
 
@@ -120,11 +127,20 @@ def main() -> None:
         ("  one modality encoder", f"{stats['parameters_per_encoder'] / 1e6:.1f} M"),
         ("  JCT", f"{stats['parameters_fusion_encoder'] / 1e6:.1f} M"),
         ("JCT tokens per sample", str(stats["fusion_tokens"])),
-        ("pretraining forward+backward / sample", f"{stats['train_flops_per_sample'] / 1e9:.1f} GFLOP"),
-        ("ScaleModel forward / sample", f"{stats['inference_flops_per_sample'] / 1e9:.1f} GFLOP"),
+        (
+            "pretraining forward+backward / sample",
+            f"{stats['train_flops_per_sample'] / 1e9:.1f} GFLOP padded, "
+            f"{stats['train_flops_per_sample_packed'] / 1e9:.1f} packed",
+        ),
+        (
+            "ScaleModel forward / sample",
+            f"{stats['inference_flops_per_sample'] / 1e9:.1f} GFLOP padded, "
+            f"{stats['inference_flops_per_sample_packed'] / 1e9:.1f} packed",
+        ),
         (
             "wall time (batch, this machine)",
-            f"{stats['seconds_forward_backward']:.1f} s ({stats['batch_size']})",
+            f"{stats['seconds_forward_backward']:.1f} s padded, "
+            f"{stats['seconds_forward_backward_packed']:.1f} s packed ({stats['batch_size']})",
         ),
     ]
     for name, value in rows:
