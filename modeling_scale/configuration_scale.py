@@ -91,6 +91,10 @@ class ScaleConfig(PreTrainedConfig):
             its full and subset `product_embeds`, is held to the teacher's, so pretraining on a small
             catalogue keeps what the text encoder knew about which products are alike.
         distillation_temperature: temperature of both softmaxes of that term.
+        sparse_prediction: the MLM / MEM vocabulary heads read only the labelled tokens (as ModernBERT's
+            `sparse_prediction`), so the (tokens x vocabulary) product is paid for ~15 % of them; the
+            pretraining output's `mlm_logits` / `mem_logits` are then (N labelled, vocab_size). Off, they
+            are (B, L, vocab_size), as in BERT. The loss is the same either way.
         pack_tokens: run every encoder and the JCT on each sample's kept tokens only (moved to the front of
             the row, the batch cut to its longest row; rows keeping nothing skipped), so padding and absent
             modalities cost (almost) nothing; `False` runs the padded batch. The outputs that are read
@@ -142,6 +146,7 @@ class ScaleConfig(PreTrainedConfig):
         num_subset_views: int = 2,
         distillation_loss_weight: float = 0.3,
         distillation_temperature: float = 0.05,
+        sparse_prediction: bool = False,
         pack_tokens: bool = True,
         **kwargs,
     ):
@@ -185,6 +190,7 @@ class ScaleConfig(PreTrainedConfig):
         self.num_subset_views = num_subset_views
         self.distillation_loss_weight = distillation_loss_weight
         self.distillation_temperature = distillation_temperature
+        self.sparse_prediction = sparse_prediction
         self.pack_tokens = pack_tokens
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self._check_consistency()

@@ -651,7 +651,8 @@ class ScaleForPreTrainingOutput(ModelOutput):
     distillation_loss: `config.distillation_loss_weight` times the relational distillation of those views
         toward `teacher_embeds` (0 when none are given).
     mlm_logits, mem_logits: token predictions of the text / table tokens (scaled by S[i, i] when S weighs the
-        masked tasks' logits).
+        masked tasks' logits): (B, L, vocab_size), or (N, vocab_size) for the N labelled tokens of present
+        samples, in order, with `config.sparse_prediction`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -1221,15 +1222,27 @@ class ScaleForPreTraining(ScalePreTrainedModel):
         loss_weight: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = encoding.spans[name]
-        logits = head(encoding.fused[:, start:end])
-        if logit_weight is not None:
-            logits = logits * logit_weight[:, None, None].to(logits.dtype)
+        hidden = encoding.fused[:, start:end]
         counted = (labels != -100) & encoding.token_keep[name]
-        per_token = F.cross_entropy(
-            logits.float().transpose(1, 2), torch.where(counted, labels, 0), reduction="none"
+        # Eq. 3's per-sample weights, per token
+        logit_weight, loss_weight = (
+            None if weight is None else weight[:, None].expand(labels.shape)
+            for weight in (logit_weight, loss_weight)
         )
+        if self.config.sparse_prediction:  # only the counted tokens reach the vocabulary head
+            hidden, labels = hidden[counted], labels[counted]
+            logit_weight, loss_weight = (
+                None if weight is None else weight[counted] for weight in (logit_weight, loss_weight)
+            )
+            counted = torch.ones_like(labels, dtype=torch.bool)
+        logits = head(hidden)
+        if logit_weight is not None:
+            logits = logits * logit_weight[..., None].to(logits.dtype)
+        per_token = F.cross_entropy(
+            logits.float().flatten(0, -2), torch.where(counted, labels, 0).flatten(), reduction="none"
+        ).view(labels.shape)
         if loss_weight is not None:
-            per_token = per_token * loss_weight[:, None].float()
+            per_token = per_token * loss_weight.float()
         return _masked_mean(per_token, counted), logits
 
     def _regression_loss(

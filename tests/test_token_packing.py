@@ -1,5 +1,6 @@
-"""Packed encoders (`config.pack_tokens`): the same outputs, losses and gradients as the padded batch, and
-fewer FLOPs where tokens are padding or modalities are absent."""
+"""Computing only the tokens that count: packed encoders (`config.pack_tokens`) give the padded batch's
+outputs, losses and gradients with fewer FLOPs where tokens are padding or modalities are absent; sparse
+vocabulary heads (`config.sparse_prediction`) give the dense heads' losses from the labelled tokens alone."""
 
 import pytest
 import torch
@@ -93,3 +94,35 @@ def test_packing_skips_padding_and_absent_modalities_in_the_flop_count():
     # one product with every modality, nothing padded: the same work either way
     full = {key: torch.ones_like(v[:1]) if key.endswith("mask") else v[:1] for key, v in inputs.items()}
     assert flops(True, full) == flops(False, full)
+
+
+@pytest.mark.parametrize("reading", ["logits", "loss"])
+def test_sparse_prediction_gives_the_dense_losses_and_gradients_from_the_labelled_tokens(reading):
+    torch.manual_seed(0)
+    overrides = {"alignment": "learned", "simcl_weight_reading": reading}
+    sparse_model = ScaleForPreTraining(tiny_config(sparse_prediction=True, **overrides)).train()
+    dense_model = ScaleForPreTraining(tiny_config(**overrides)).train()
+    dense_model.load_state_dict(sparse_model.state_dict())
+    with torch.no_grad():  # an S away from all ones, so its weights show
+        for model in (sparse_model, dense_model):
+            model.scale.alignment_parameter.copy_(torch.linspace(0.5, 1.5, 25).view(5, 5))
+    config = sparse_model.config
+    inputs = make_inputs(config)
+    batch = {**inputs, **make_pretraining_targets(config, inputs)}
+    sparse, dense = sparse_model(**batch), dense_model(**batch)
+    for name, labels, mask, modality in (
+        ("mlm", batch["labels"], "attention_mask", 0),
+        ("mem", batch["table_labels"], "table_attention_mask", 1),
+    ):
+        # labelled tokens of the samples that have the modality, in order
+        counted = (labels != -100) & batch[mask].bool() & sparse.modality_mask.bool()[:, modality, None]
+        assert 0 < counted.sum() < counted.numel()
+        assert sparse[f"{name}_logits"].shape == (counted.sum(), config.vocab_size)
+        torch.testing.assert_close(sparse[f"{name}_logits"], dense[f"{name}_logits"][counted])
+        torch.testing.assert_close(sparse[f"{name}_loss"], dense[f"{name}_loss"])
+    torch.testing.assert_close(sparse.loss, dense.loss)
+    sparse.loss.backward()
+    dense.loss.backward()
+    for (name, a), b in zip(sparse_model.named_parameters(), dense_model.parameters(), strict=True):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-4, msg=name)

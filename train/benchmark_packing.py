@@ -1,12 +1,13 @@
-"""Padded vs packed encoders (`ScaleConfig.pack_tokens`): FLOPs and wall time per product, in one run.
+"""The old padded computation vs packed encoders with sparse vocabulary heads (`ScaleConfig.pack_tokens`,
+`ScaleConfig.sparse_prediction`): FLOPs and wall time per product, in one run.
 
 Batches are `train/model_stats.py`'s synthetic pretraining batches at a preset's sizes, with each product's
 modalities drawn from a coverage (the share of products holding each modality) and its caption and table
 cut to a random 50-100 % of their length. Two coverages: the bundled sample's (caption 97 %, table 82 %,
 image 95 %, video 43 %, audio 39 %) and one where half the products lack video and audio. FLOPs are counted
 by `FlopCounterMode` (matmuls and attention) on a pretraining step (forward + backward, subset views
-included) and on an embedding forward; wall time alternates the padded and the packed model (same weights)
-over the same batches.
+included) and on an embedding forward; wall time alternates the two settings of one model over the same
+batches.
 
     python -m train.benchmark_packing                      # sample preset, one CPU thread
     python -m train.benchmark_packing --preset paper --batch_size 4 --repeats 1
@@ -40,6 +41,18 @@ MODALITY_MASKS = {
     "video": "video_mask",
     "audio": "audio_mask",
 }
+
+
+PATHS = {
+    "padded": {"pack_tokens": False, "sparse_prediction": False},
+    "packed": {"pack_tokens": True, "sparse_prediction": True},
+}
+"""The old computation and the new one."""
+
+
+def set_path(model: ScaleForPreTraining, label: str) -> None:
+    for key, value in PATHS[label].items():
+        setattr(model.config, key, value)
 
 
 def preset(name: str) -> tuple[ScaleConfig, dict[str, int]]:
@@ -103,15 +116,15 @@ def run(name: str, batch_size: int, num_batches: int, repeats: int, seed: int = 
         batches = [covered_batch(config, sizes, batch_size, coverage, seed + i) for i in range(num_batches)]
         products = batch_size * num_batches
         row = {}
-        for label, pack_tokens in (("padded", False), ("packed", True)):
-            model.config.pack_tokens = pack_tokens
+        for label in PATHS:
+            set_path(model, label)
             train, embed = zip(*(counted_flops(model, batch) for batch in batches), strict=True)
             row[f"{label} train GFLOP/product"] = sum(train) / products / 1e9
             row[f"{label} embed GFLOP/product"] = sum(embed) / products / 1e9
             row[f"{label} train s/product"] = 0.0
         for _ in range(repeats):  # alternate, so both see the same machine load
-            for label, pack_tokens in (("padded", False), ("packed", True)):
-                model.config.pack_tokens = pack_tokens
+            for label in PATHS:
+                set_path(model, label)
                 seconds = sum(timed_step(model, batch) for batch in batches)
                 row[f"{label} train s/product"] += seconds / products / repeats
         for quantity in ("train GFLOP/product", "embed GFLOP/product", "train s/product"):
@@ -142,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     print("| coverage | path | train GFLOP / product | embed GFLOP / product | train ms / product |")
     print("|---|---|---|---|---|")
     for coverage, row in results.items():
-        for label in ("padded", "packed"):
+        for label in PATHS:
             print(
                 f"| {coverage} | {label} | {row[f'{label} train GFLOP/product']:.2f} | "
                 f"{row[f'{label} embed GFLOP/product']:.2f} | {1e3 * row[f'{label} train s/product']:.1f} |"
