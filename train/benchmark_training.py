@@ -43,9 +43,10 @@ PEAK_BF16_TFLOPS = {
 }
 """Dense (no sparsity) bf16 tensor-core peak of common GPUs, TFLOP/s, by a substring of the device name."""
 PRESETS = {
-    "paper": ({}, PAPER_INPUT_SIZES),
+    "paper": ({"sparse_prediction": True}, PAPER_INPUT_SIZES),
     "tiny": (
         {
+            "sparse_prediction": True,
             "hidden_size": 48,
             "num_attention_heads": 4,
             "intermediate_size": 64,
@@ -63,7 +64,8 @@ PRESETS = {
         {"text": 24, "table": 32, "regions": 8, "frames": 4, "audio_frames": 64},
     ),
 }
-"""Model config overrides and input sizes: the paper's preset (ScaleConfig defaults), a tiny one for CI."""
+"""Model config overrides and input sizes: the paper's preset (ScaleConfig defaults with the presets' sparse
+vocabulary heads; encoders packed by default), a tiny one for CI."""
 
 
 def peak_tflops(device: torch.device) -> float | None:
