@@ -127,25 +127,16 @@ class ScaleSelfAttention(nn.Module):
 
         With `slots` (N,), `hidden_states` are N unpadded tokens (N, H) and `token_mask` the (R, L) layout
         they are scattered into for attention alone (`TokenPacking`); the output is unpadded again."""
-        if slots is not None:
-            rows, length = token_mask.shape
-            flat = hidden_states
+        input_shape = token_mask.shape if slots is not None else hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
 
-            def padded(projection: nn.Linear) -> torch.Tensor:
-                values = projection(flat)
-                return values.new_zeros(rows * length, values.shape[-1]).index_copy(0, slots, values)
+        def heads(projection: nn.Linear) -> torch.Tensor:
+            values = projection(hidden_states)
+            if slots is not None:  # into the attention layout
+                values = values.new_zeros(input_shape.numel(), values.shape[-1]).index_copy(0, slots, values)
+            return values.view(hidden_shape).transpose(1, 2)
 
-            hidden_shape = (rows, length, -1, self.head_dim)
-            input_shape = (rows, length)
-            query = padded(self.query).view(hidden_shape).transpose(1, 2)
-            key = padded(self.key).view(hidden_shape).transpose(1, 2)
-            value = padded(self.value).view(hidden_shape).transpose(1, 2)
-        else:
-            input_shape = hidden_states.shape[:-1]
-            hidden_shape = (*input_shape, -1, self.head_dim)
-            query = self.query(hidden_states).view(hidden_shape).transpose(1, 2)
-            key = self.key(hidden_states).view(hidden_shape).transpose(1, 2)
-            value = self.value(hidden_states).view(hidden_shape).transpose(1, 2)
+        query, key, value = heads(self.query), heads(self.key), heads(self.value)
 
         # Additive (B, 1, 1, L) key mask in the dtype attention runs in (autocast included); every row keeps
         # at least one key (see ScaleEncoder), so no softmax is over an empty set.
