@@ -273,8 +273,8 @@ class ScaleEncoder(nn.Module):
         if recorder is None and self.config.pack_tokens:
             return self._packed(hidden_states, token_mask)
         output_attentions = recorder is not None and recorder.attentions
-        # a row keeping nothing (a sample without this modality) attends to its token 0, not to an empty
-        # set: the fill alone is finite in float32, but overflows to -inf (then NaN) in bf16
+        # a row keeping nothing (a sample without this modality) attends to its token 0 rather than to keys
+        # that are all masked, whose fill plus a large score can round to -inf (then NaN) in float16
         first = torch.arange(token_mask.shape[1], device=token_mask.device) == 0
         token_mask = token_mask | (~token_mask.any(dim=-1, keepdim=True) & first)
         states, maps = [hidden_states], []

@@ -22,14 +22,20 @@ SUBSETS = torch.tensor(
 
 def test_pack_kept_tokens_lays_each_rows_kept_tokens_out_in_order_without_the_empty_rows():
     mask = torch.tensor(
-        [[0, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 1], [1, 1, 1, 0, 0, 0]], dtype=torch.bool
+        [[0, 1, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 1], [0, 0, 0, 0, 1, 0], [1, 1, 1, 0, 0, 0]],
+        dtype=torch.bool,
     )
     packing = pack_kept_tokens(mask)
     # flattened positions of the kept tokens, row after row
-    assert packing.kept.tolist() == [1, 3, 4, 12, 17, 18, 19, 20]
-    # attention layout: 3 rows (the empty one skipped) cut to the longest (3 tokens)
-    assert packing.mask.tolist() == [[True, True, True], [True, True, False], [True, True, True]]
-    assert packing.slots.tolist() == [0, 1, 2, 3, 4, 6, 7, 8]
+    assert packing.kept.tolist() == [1, 3, 4, 12, 17, 22, 24, 25, 26]
+    # attention layout: 4 rows (the empty one skipped) cut to the longest (3 tokens)
+    assert packing.mask.tolist() == [
+        [True, True, True],
+        [True, True, False],
+        [True, False, False],
+        [True, True, True],
+    ]
+    assert packing.slots.tolist() == [0, 1, 2, 3, 4, 6, 9, 10, 11]
     empty = pack_kept_tokens(torch.zeros(2, 4, dtype=torch.bool))
     assert empty.kept.numel() == 0 and empty.mask.shape == (0, 0)
 
