@@ -36,6 +36,26 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def product_loader(
+    dataset, processor, modalities: Sequence[str], batch_size: int, num_workers: int
+) -> DataLoader:
+    """Batches of the processor's tensors for `dataset`'s rows, in order, decoding only `modalities` (an
+    unreadable input becomes a missing modality, listed in the batch's `input_failures`)."""
+    return DataLoader(
+        only_columns_of(dataset, modalities),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=ScaleBatchCollator(processor, modalities),
+        persistent_workers=False,
+    )
+
+
+def inference_autocast(device: torch.device) -> torch.autocast:
+    """bf16 autocast on a GPU, none elsewhere: the precision embeddings are extracted in."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 @torch.no_grad()
 def extract_embeddings(
     model: torch.nn.Module,
@@ -66,22 +86,14 @@ def extract_embeddings(
         reason).
     """
     device = torch.device(device) if device is not None else default_device()
-    dataset = only_columns_of(dataset, modalities)
     encoder = model.base_model
     was_training = encoder.training
     encoder.eval().to(device)
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=ScaleBatchCollator(processor, modalities),
-        persistent_workers=False,
-    )
+    loader = product_loader(dataset, processor, modalities, batch_size, num_workers)
     item_ids: list[str] = []
     input_failures: list[dict] = []
     embeds, modality_embeds, scores, masks = [], [], [], []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    autocast = inference_autocast(device)
     for batch in tqdm(loader, desc=f"embeddings {'+'.join(modalities)}", disable=not show_progress):
         inputs = model_inputs(batch, device)
         with autocast:

@@ -18,14 +18,13 @@ import argparse
 from collections.abc import Sequence
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from modeling_scale import MODALITIES
 from modeling_scale.collator_scale import draw_modality_subset
 from modeling_scale.modeling_scale import modality_set_codes
-from train.data import ScaleBatchCollator, model_inputs, only_columns_of
-from train.embeddings import default_device
+from train.data import model_inputs
+from train.embeddings import default_device, inference_autocast, product_loader
 
 
 def modality_set_name(code: int) -> str:
@@ -49,13 +48,11 @@ def modality_set_sums(
     counts = torch.zeros(num_sets, dtype=torch.float64, device=device)
     sums = torch.zeros(num_sets, hidden, dtype=torch.float64, device=device)
     squares = torch.zeros_like(sums)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     for batch in batches:
         inputs = model_inputs(batch, device)
-        present = inputs["modality_mask"].bool().cpu()
-        views = present[:, None].expand(-1, num_views, -1)
+        views = batch["modality_mask"].bool()[:, None].expand(-1, num_views, -1)
         subsets = draw_modality_subset(views, keep_probability, generator)
-        with autocast:
+        with inference_autocast(device):
             embeds, sets = base.get_subset_product_embeddings(subsets.to(device), **inputs)
         embeds, codes = embeds.flatten(0, 1).double(), modality_set_codes(sets.flatten(0, 1))
         has_any = codes > 0
@@ -95,12 +92,8 @@ def calibrate_modality_sets(
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(dataset), generator=generator)[:max_products].sort().values.tolist()
-    rows = only_columns_of(dataset, modalities).select(chosen[rank::world])
-    loader = DataLoader(
-        rows,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        collate_fn=ScaleBatchCollator(processor, modalities),
+    loader = product_loader(
+        dataset.select(chosen[rank::world]), processor, modalities, batch_size, num_workers
     )
     base = model.base_model
     was_training = base.training
