@@ -971,6 +971,17 @@ class ScaleModel(ScalePreTrainedModel):
         }
         return self._fuse(encoding.fusion_inputs, token_keep, encoding.spans)[2]
 
+    def _product_views(
+        self, encoding: _ScaleEncoding, subset_modality_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, V + 1, hidden_size) `product_embeds` of the full view and of the (B, V, 5) subset views, and
+        the modality set each was fused from (B, V + 1, 5) bool."""
+        views = subset_modality_mask.bool() & encoding.modality_mask[:, None]
+        embeds = [encoding.product_embeds] + [
+            self.subset_product_embeds(encoding, views[:, view]) for view in range(views.shape[1])
+        ]
+        return torch.stack(embeds, dim=1), torch.cat([encoding.modality_mask[:, None], views], dim=1)
+
     def _encode(self, **inputs) -> _ScaleEncoding:
         unknown = sorted(set(inputs) - set(MODEL_INPUT_NAMES))
         if unknown:
@@ -1081,12 +1092,7 @@ class ScaleModel(ScalePreTrainedModel):
             `product_embeds` (B, V + 1, hidden_size), the full view first, and the modality set each view was
             fused from (B, V + 1, 5) bool. The modality encoders run once, the JCT once per view.
         """
-        encoding = self._encode(**inputs)
-        views = subset_modality_mask.bool() & encoding.modality_mask[:, None]
-        embeds = [encoding.product_embeds] + [
-            self.subset_product_embeds(encoding, views[:, view]) for view in range(views.shape[1])
-        ]
-        return torch.stack(embeds, dim=1), torch.cat([encoding.modality_mask[:, None], views], dim=1)
+        return self._product_views(self._encode(**inputs), subset_modality_mask)
 
     def _modality_features(self, name: str, inputs: dict) -> torch.Tensor:
         """Contrastive feature of one modality alone (its encoder and projection only, no JCT)."""
@@ -1392,23 +1398,20 @@ class ScaleForPreTraining(ScalePreTrainedModel):
             self.config.contrastive_reduction,
             reading,
         )
-        views = [encoding.product_embeds]
+        views = encoding.product_embeds[:, None]  # (B, 1 + subset views, hidden)
         terms["subset_loss"] = zero
         if subset_modality_mask is not None and self.config.subset_loss_weight > 0:
             subsets = (
                 subset_modality_mask if subset_modality_mask.dim() == 3 else subset_modality_mask[:, None]
             )
-            views += [
-                self.scale.subset_product_embeds(encoding, subsets[:, view])
-                for view in range(subsets.shape[1])
-            ]
+            views = self.scale._product_views(encoding, subsets)[0]
             terms["subset_loss"] = self.config.subset_loss_weight * multiview_contrastive_loss(
-                torch.stack(views, dim=1), encoding.modality_mask.any(dim=-1), self.config.temperature
+                views, encoding.modality_mask.any(dim=-1), self.config.temperature
             )
         terms["distillation_loss"] = zero
         if teacher_embeds is not None and self.config.distillation_loss_weight > 0:
             terms["distillation_loss"] = self.config.distillation_loss_weight * relational_distillation_loss(
-                torch.stack(views, dim=1),
+                views,
                 teacher_embeds,
                 encoding.modality_mask[:, MODALITIES.index("text")],
                 self.config.distillation_temperature,
