@@ -82,7 +82,7 @@ def measure(config: ScaleConfig | None = None, batch_size: int = 2) -> dict[str,
     model = ScaleForPreTraining(config).train()
     batch = paper_sized_batch(config, batch_size)
     model_inputs = {key: value for key, value in batch.items() if key in MODEL_INPUT_NAMES}
-    stats = {}
+    stats, pack_tokens_given = {}, config.pack_tokens  # model.config is `config`: restored below
     for suffix, pack_tokens in (("", False), ("_packed", True)):
         model.config.pack_tokens = pack_tokens
         counter = FlopCounterMode(display=False)
@@ -99,7 +99,7 @@ def measure(config: ScaleConfig | None = None, batch_size: int = 2) -> dict[str,
         stats[f"train_flops_per_sample{suffix}"] = counter.get_total_flops() / batch_size
         stats[f"inference_flops_per_sample{suffix}"] = inference_counter.get_total_flops() / batch_size
         model.zero_grad()
-    model.config.pack_tokens = config.pack_tokens
+    model.config.pack_tokens = pack_tokens_given
     return {
         "parameters_pretraining": count_parameters(model),
         "parameters_base_model": count_parameters(model.scale),

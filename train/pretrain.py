@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
 
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
+    modality_sets = None
     if args.calibration_products > 0:
         modality_sets = calibrate_modality_sets(
             unwrapped,
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
             "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "learning_rate": args.learning_rate,
             "input_failures": state.extra["input_failures"],
-            "modality_set_calibration": modality_sets if args.calibration_products > 0 else None,
+            "modality_set_calibration": modality_sets,
         }
         with open(os.path.join(args.output_dir, "training_summary.json"), "w") as handle:
             json.dump(summary, handle, indent=1)
