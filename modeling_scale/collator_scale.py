@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .configuration_scale import MODALITIES, ScaleConfig
+from .configuration_scale import MODALITIES, TABLE_MASKINGS, ScaleConfig
 
 TEXT_KEYS = ("input_ids", "attention_mask")
 TABLE_KEYS = ("table_input_ids", "table_attention_mask", "table_entity_ids")
@@ -97,7 +97,8 @@ class DataCollatorForScalePretraining:
     - MLM: caption tokens; `labels` holds the original ids (-100 elsewhere); 80 % become [MASK], 10 % a random
       token, 10 % stay.
     - MEM: whole table entities (a key or a value span, `table_entity_ids`); `table_labels` as for MLM, the
-      80/10/10 choice made once per entity.
+      80/10/10 choice made once per entity. With `table_masking="token"` (the paper's Table 7 ablation), the
+      table's word pieces are masked one by one, as MLM masks the caption.
     - MRP / MFP / MAM: image patches (pixel path, row-major) or regions (feature path), video frames, and
       groups of `audio_subsampling` audio frames. `masked_{image,video,audio}_positions` (B, N) marks them,
       the input is zeroed there, and `{image,video,audio}_targets` keeps an unmasked copy of the input.
@@ -106,10 +107,10 @@ class DataCollatorForScalePretraining:
 
     Args:
         processor_or_tokenizer: a [`ScaleProcessor`] or its tokenizer (pads token fields, gives [MASK]).
-        config: a [`ScaleConfig`] giving `mask_probability`, `patch_size`, `audio_subsampling`,
-            `subset_keep_probability` and `num_subset_views`.
-        mask_probability, patch_size, audio_subsampling, subset_keep_probability, num_subset_views: explicit
-            values (override the config).
+        config: a [`ScaleConfig`] giving `mask_probability`, `table_masking`, `patch_size`,
+            `audio_subsampling`, `subset_keep_probability` and `num_subset_views`.
+        mask_probability, table_masking, patch_size, audio_subsampling, subset_keep_probability,
+            num_subset_views: explicit values (override the config).
         generator: a seeded `torch.Generator` makes the masks deterministic; `seed` creates one.
     """
 
@@ -118,6 +119,7 @@ class DataCollatorForScalePretraining:
         processor_or_tokenizer: Any,
         config: ScaleConfig | None = None,
         mask_probability: float | None = None,
+        table_masking: str | None = None,
         patch_size: int | None = None,
         audio_subsampling: int | None = None,
         subset_keep_probability: float | None = None,
@@ -128,6 +130,7 @@ class DataCollatorForScalePretraining:
         self.tokenizer = getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
         defaults = config if config is not None else ScaleConfig()
         self.mask_probability = defaults.mask_probability if mask_probability is None else mask_probability
+        self.table_masking = defaults.table_masking if table_masking is None else table_masking
         self.patch_size = defaults.patch_size if patch_size is None else patch_size
         self.audio_subsampling = (
             defaults.audio_subsampling if audio_subsampling is None else audio_subsampling
@@ -138,6 +141,8 @@ class DataCollatorForScalePretraining:
         self.num_subset_views = defaults.num_subset_views if num_subset_views is None else num_subset_views
         if not 0.0 < self.mask_probability < 1.0:
             raise ValueError(f"mask_probability must lie in (0, 1), got {self.mask_probability}")
+        if self.table_masking not in TABLE_MASKINGS:
+            raise ValueError(f"table_masking must be one of {TABLE_MASKINGS}, got {self.table_masking!r}")
         if self.tokenizer.mask_token_id is None or self.tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs a mask token and a pad token for MLM / MEM")
         if generator is None and seed is not None:
@@ -229,6 +234,9 @@ class DataCollatorForScalePretraining:
 
     def _mask_table(self, batch: dict[str, Any], present: torch.Tensor) -> None:
         ids, entities = batch["table_input_ids"], batch["table_entity_ids"]
+        if self.table_masking == "token":  # every word piece its own unit (its own 80/10/10 draw)
+            positions = torch.arange(1, ids.shape[1] + 1).expand_as(ids)
+            entities = torch.where((entities > 0) & ~torch.isin(ids, self.special_token_ids), positions, 0)
         num_entities = int(entities.max()) + 1
         chosen = self._rand(ids.shape[0], num_entities) < self.mask_probability
         chosen[:, 0] = False  # entity 0 = [CLS], [SEP], separators, padding

@@ -13,6 +13,8 @@ CONTRASTIVE_REDUCTIONS = ("mean", "sum")
 SIMCL_WEIGHTINGS = ("both", "contrastive", "masked", "none")
 """Which terms S weighs (the paper's Table 6): contrastive pairs and masked tasks, one of them, or none."""
 SIMCL_WEIGHT_READINGS = ("logits", "loss")
+TABLE_MASKINGS = ("entity", "token")
+"""How the table's masked task masks (the paper's Table 7): whole entities (MEM) or single tokens (MLM)."""
 
 
 class ScaleConfig(PreTrainedConfig):
@@ -77,6 +79,9 @@ class ScaleConfig(PreTrainedConfig):
             pairs, or `"sum"` as Eq. 3 writes it (with five modalities ten pair terms against five masked
             tasks, and no pair's weight depending on how many pairs the batch holds).
         mask_probability: masking rate of every pretext task (MLM, MEM, MRP, MFP, MAM).
+        table_masking: what the table's masked task hides: `"entity"` (the paper's MEM: a whole key or value,
+            so it must be recovered from the rest of the product, not from its own other word pieces) or
+            `"token"` (single word pieces as in MLM, the paper's Table 7 ablation).
         subset_loss_weight: weight of the subset-consistency term of pretraining (0 switches it off): each
             product is fused again from `num_subset_views` random subsets of its modalities, and NT-Xent over
             the batch (`multiview_contrastive_loss`) pulls each product's views together and away from every
@@ -141,6 +146,7 @@ class ScaleConfig(PreTrainedConfig):
         simcl_weight_reading: str = "logits",
         contrastive_reduction: str = "mean",
         mask_probability: float = 0.15,
+        table_masking: str = "entity",
         subset_loss_weight: float = 1.0,
         subset_keep_probability: float = 0.5,
         num_subset_views: int = 2,
@@ -185,6 +191,7 @@ class ScaleConfig(PreTrainedConfig):
         self.simcl_weight_reading = simcl_weight_reading
         self.contrastive_reduction = contrastive_reduction
         self.mask_probability = mask_probability
+        self.table_masking = table_masking
         self.subset_loss_weight = subset_loss_weight
         self.subset_keep_probability = subset_keep_probability
         self.num_subset_views = num_subset_views
@@ -228,6 +235,7 @@ class ScaleConfig(PreTrainedConfig):
             ("simcl_weighting", SIMCL_WEIGHTINGS),
             ("simcl_weight_reading", SIMCL_WEIGHT_READINGS),
             ("contrastive_reduction", CONTRASTIVE_REDUCTIONS),
+            ("table_masking", TABLE_MASKINGS),
         ):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -146,6 +146,37 @@ def test_mem_masks_whole_entities(processor):
     assert torch.equal(batch["table_labels"][masked], features["table_input_ids"][masked])
 
 
+def test_token_table_masking_masks_word_pieces_one_by_one(processor):
+    """Table 7's MLM row: entities are cut (some masked, some not) at the configured per-token rate, and never
+    a separator, [CLS] / [SEP] or padding."""
+    rows, entities_per_row, tokens_per_entity = 64, 12, 4
+    shape = (rows, entities_per_row * tokens_per_entity)
+    ids = torch.randint(1000, 20000, shape, generator=torch.Generator().manual_seed(0))
+    entities = torch.arange(1, entities_per_row + 1).repeat_interleave(tokens_per_entity).repeat(rows, 1)
+    entities[:, ::tokens_per_entity] = 0  # a separator opening every entity
+    attention = torch.ones_like(ids)
+    attention[:, -tokens_per_entity:] = 0  # and padding at the end
+    features = {
+        "table_input_ids": ids,
+        "table_attention_mask": attention,
+        "table_entity_ids": entities * attention,
+        "modality_mask": torch.tensor([[0, 1, 0, 0, 0]]).repeat(rows, 1),
+    }
+    config = ScaleConfig(image_size=32, patch_size=8, table_masking="token")
+    batch = DataCollatorForScalePretraining(processor, config=config, seed=3)(features)
+    masked = batch["table_labels"] != -100
+    candidates = (entities > 0) & attention.bool()
+    assert not masked[~candidates].any()
+    assert abs(masked[candidates].float().mean().item() - 0.15) < 0.02
+    spans = masked[candidates].view(-1, tokens_per_entity - 1)  # each entity's word pieces
+    assert ((spans.sum(-1) > 0) & (spans.sum(-1) < tokens_per_entity - 1)).any()  # entities get cut
+    entity_batch = DataCollatorForScalePretraining(processor, config=CONFIG, seed=3)(features)
+    entity_spans = (entity_batch["table_labels"] != -100)[candidates].view(-1, tokens_per_entity - 1)
+    assert ((entity_spans.sum(-1) == 0) | (entity_spans.sum(-1) == tokens_per_entity - 1)).all()
+    with pytest.raises(ValueError, match="table_masking must be one of"):
+        DataCollatorForScalePretraining(processor, config=CONFIG, table_masking="word")
+
+
 def test_masked_token_rates_and_80_10_10(processor):
     tokenizer = processor.tokenizer
     ids = torch.randint(1000, 20000, (400, 50))

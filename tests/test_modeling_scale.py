@@ -203,6 +203,7 @@ def pretraining_model(config) -> ScaleForPreTraining:
         ({"contrastive_reduction": "max"}, "contrastive_reduction"),
         ({"simcl_weighting": "half"}, "simcl_weighting"),
         ({"simcl_weight_reading": "gain"}, "simcl_weight_reading"),
+        ({"table_masking": "word"}, "table_masking"),
         ({"use_simcl": False, "simcl_weighting": "masked"}, "use_simcl=False contradicts"),
         ({"temperature": 0.0}, "temperature"),
         ({"num_fusion_layers": 0}, "num_fusion_layers"),
