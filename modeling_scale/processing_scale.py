@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 ON_ERROR_MODES = ("raise", "missing")
 PADDING_MODES = ("longest", "max_length")
+TABLE_PLACEMENTS = ("separate", "in_caption")
 TEXT_FIELDS = ("input_ids", "attention_mask")
 TABLE_FIELDS = ("table_input_ids", "table_attention_mask", "table_entity_ids")
 
@@ -72,6 +73,15 @@ class ScaleProcessor(ProcessorMixin):
             `decode_error_counts`, so that one corrupt file does not stop a long preprocessing run. Unreadable
             means: the file does not decode, an array is empty, has no image layout or values outside its
             range (NaN, inf), or the image / audio routine fails or gives non-finite values for it.
+        table_placement: `"separate"` (default, SCALE): the table is its own modality (`table_*` fields, the
+            table encoder, MEM). `"in_caption"`: the paper's T+Tab baseline of Table 8 ("text and table
+            information is concatenated and fed to a single transformer, resembling the process of BERT"):
+            the serialised table (the same tokens, truncated the same way) follows the caption in one
+            sequence, `[CLS] caption [SEP] table [SEP]`, read by the text encoder and masked by MLM as
+            ordinary tokens; no `table_*` fields are emitted and `modality_mask` never marks a table. A
+            product with a table but no caption gets `[CLS] table [SEP]` as its text. `input_ids` then hold
+            up to `max_text_length + max_table_length` tokens (`text_sequence_length`), which the model's
+            `max_text_length` must allow. There are no segment ids: SCALE's text embeddings have none.
     """
 
     valid_processor_kwargs = ScaleProcessorKwargs
@@ -90,15 +100,19 @@ class ScaleProcessor(ProcessorMixin):
         video_fps: float = 1.0,
         max_video_frames: int = 12,
         on_error: str = "raise",
+        table_placement: str = "separate",
         **kwargs,
     ):
         if on_error not in ON_ERROR_MODES:
             raise ValueError(f"on_error must be one of {ON_ERROR_MODES}, got {on_error!r}")
+        if table_placement not in TABLE_PLACEMENTS:
+            raise ValueError(f"table_placement must be one of {TABLE_PLACEMENTS}, got {table_placement!r}")
         self.max_text_length = max_text_length
         self.max_table_length = max_table_length
         self.video_fps = video_fps
         self.max_video_frames = max_video_frames
         self.on_error = on_error
+        self.table_placement = table_placement
         super().__init__(image_processor, tokenizer, feature_extractor, **kwargs)
         self.table_processor = ScaleTableProcessor(tokenizer, max_length=max_table_length)
         self.video_frame_processor = ScaleVideoProcessor(
@@ -128,6 +142,13 @@ class ScaleProcessor(ProcessorMixin):
             feature_size=audio_feature_size, feature_type=audio_feature_type, max_duration=max_audio_seconds
         )
         return cls(image_processor, tokenizer, feature_extractor, **kwargs)
+
+    @property
+    def text_sequence_length(self) -> int:
+        """The longest `input_ids` row at the default caption length: `max_text_length`, plus
+        `max_table_length` under `table_placement="in_caption"` (the model's `max_text_length` must allow
+        it)."""
+        return self.max_text_length + (self.max_table_length if self.table_placement == "in_caption" else 0)
 
     @property
     def model_input_names(self) -> list[str]:
@@ -252,14 +273,26 @@ class ScaleProcessor(ProcessorMixin):
         return output
 
     def _text(
-        self, texts: list[str | None], padding: str, max_length: int, truncation: bool
+        self,
+        texts: list[str | None],
+        padding: str,
+        max_length: int,
+        truncation: bool,
+        table_rows: list[dict[str, list[int]] | None] | None = None,
     ) -> dict[str, np.ndarray]:
+        """Captions cut to `max_length`; with `table_rows` (`table_placement="in_caption"`) each sample's
+        table follows its caption in the same row (see `_caption_and_table`), padded to `max_length` plus
+        the table's budget."""
         present = [index for index, text in enumerate(texts) if text is not None]
-        encoded = self.tokenizer(
-            [texts[index] for index in present],
-            max_length=max_length if truncation else None,
-            truncation=truncation,
-            padding=False,
+        encoded = (
+            self.tokenizer(
+                [texts[index] for index in present],
+                max_length=max_length if truncation else None,
+                truncation=truncation,
+                padding=False,
+            )
+            if present
+            else {"input_ids": []}
         )
         rows: list[dict | None] = [None] * len(texts)
         for position, index in enumerate(present):
@@ -270,6 +303,9 @@ class ScaleProcessor(ProcessorMixin):
                     "(truncation=False)"
                 )
             rows[index] = {"input_ids": ids, "attention_mask": [1] * len(ids)}
+        if table_rows is not None:
+            rows = [_caption_and_table(row, table) for row, table in zip(rows, table_rows, strict=True)]
+            max_length += self.max_table_length
         return self._pad_token_rows(
             rows, {"input_ids": self.tokenizer.pad_token_id, "attention_mask": 0}, max_length, padding
         )
@@ -318,7 +354,8 @@ class ScaleProcessor(ProcessorMixin):
         full = padding == "max_length"
         size = self.image_processor.size
         if modality in ("text", "table"):
-            length = (self.max_text_length if modality == "text" else self.max_table_length) if full else 1
+            length = self.text_sequence_length if modality == "text" else self.max_table_length
+            length = length if full else 1
             names = TEXT_FIELDS if modality == "text" else TABLE_FIELDS
             group = {name: np.zeros((batch_size, length), dtype=np.int64) for name in names}
             group[names[0]][:] = self.tokenizer.pad_token_id
@@ -369,7 +406,8 @@ class ScaleProcessor(ProcessorMixin):
             images_kwargs (or flat image-processor settings such as `size=`): passed to the image processor.
             on_error: overrides the processor's `on_error` for this call.
             return_modalities: modalities whose key group is emitted even when no sample has them (all
-                padding, masks 0), so that every `datasets.map` batch writes the same columns.
+                padding, masks 0), so that every `datasets.map` batch writes the same columns (under
+                `table_placement="in_caption"`, `"table"` stands for the text group, which holds the table).
             failures: under `on_error="missing"`, a list that receives one [`ScaleProcessingError`] per input
                 marked missing (with `sample`, `modality`, `reason`) instead of a logged warning, so that the
                 caller can name the item and count it.
@@ -396,6 +434,9 @@ class ScaleProcessor(ProcessorMixin):
         unknown = set(return_modalities) - set(MODALITIES)
         if unknown:
             raise ValueError(f"return_modalities must be among {MODALITIES}, got {sorted(unknown)}")
+        tables_in_caption = self.table_placement == "in_caption"
+        if tables_in_caption:
+            return_modalities = ["text" if m == "table" else m for m in return_modalities]
         if isinstance(text, str):
             text = [text]
         inputs = dict(zip(MODALITIES, (text, tables, images, videos, audio), strict=True))
@@ -473,11 +514,22 @@ class ScaleProcessor(ProcessorMixin):
             "video": [value is not None for value in decoded_videos],
             "audio": [value is not None for value in decoded_audio],
         }
+        if tables_in_caption:  # the text row holds the table: no table modality, text wherever either is
+            present["text"] = [a or b for a, b in zip(present["text"], present["table"], strict=True)]
+            present["table"] = [False] * batch_size
         empty = [modality for modality in return_modalities if not any(present[modality])]
         for modality in empty:
             data.update(self._empty_group(modality, batch_size, padding[modality]))
         if any(present["text"]):
-            data.update(self._text(texts, padding["text"], max_text_length, text_options["truncation"]))
+            data.update(
+                self._text(
+                    texts,
+                    padding["text"],
+                    max_text_length,
+                    text_options["truncation"],
+                    table_rows if tables_in_caption else None,
+                )
+            )
         if any(present["table"]):
             data.update(
                 self._pad_token_rows(
@@ -496,6 +548,17 @@ class ScaleProcessor(ProcessorMixin):
                 data.update(arrays)
         data["modality_mask"] = np.array([present[m] for m in MODALITIES], dtype=np.int64).T
         return BatchFeature(data, tensor_type=return_tensors)
+
+
+def _caption_and_table(
+    caption: dict[str, list[int]] | None, table: dict[str, list[int]] | None
+) -> dict[str, list[int]] | None:
+    """One text row from a tokenised caption (`[CLS] caption [SEP]`) and a serialised table
+    (`[CLS] table [SEP]`): `[CLS] caption [SEP] table [SEP]`, or whichever of the two the sample has."""
+    if table is None:
+        return caption
+    ids = table["table_input_ids"] if caption is None else caption["input_ids"] + table["table_input_ids"][1:]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids)}
 
 
 def _padding_mode(padding: Padding, group: str) -> str:
