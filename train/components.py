@@ -3,6 +3,9 @@
 Model presets live in `train/configs/model/*.json` (`{"model": ScaleConfig kwargs, "processor": ...}`):
 `paper` (the paper's sizes), `sample` (the bundled sample on a CPU), `tiny` (tests). `--model_config` takes a
 preset name or a path to such a file; `--config_overrides "use_simcl=false,num_fusion_layers=4"` edits it.
+The preset's `"processor"` settings: `video_fps`, `max_audio_seconds`, `audio_feature_type` and
+`table_placement` (`"in_caption"`, also set by pretrain.py's `--table_in_caption`: the paper's Table 8 T+Tab
+baseline, see `ScaleProcessor`).
 """
 
 from __future__ import annotations
@@ -50,27 +53,48 @@ def parse_overrides(text: str | None) -> dict[str, Any]:
     return overrides
 
 
+def tables_in_caption(processor_settings: dict[str, Any]) -> bool:
+    """Whether the processor appends the table to the caption (`table_placement="in_caption"`)."""
+    return processor_settings.get("table_placement", "separate") == "in_caption"
+
+
 def build_config(preset: dict[str, Any], vocab_size: int, overrides: dict[str, Any]) -> ScaleConfig:
+    """The preset's model with `overrides`. With the table in the caption (preset's processor settings), the
+    text encoder reads `caption [SEP] table`: its `max_text_length` becomes the caption's plus the table's
+    budget (`build_processor` gives the caption its own part back)."""
     unknown = [key for key in overrides if not hasattr(ScaleConfig(), key)]
     if unknown:
         raise ValueError(f"--config_overrides: ScaleConfig has no field(s) {unknown}")
-    return ScaleConfig(**{**preset["model"], "vocab_size": vocab_size, **overrides})
+    config = ScaleConfig(**{**preset["model"], "vocab_size": vocab_size, **overrides})
+    if tables_in_caption(preset.get("processor", {})):
+        config.max_text_length += config.max_table_length
+    return config
 
 
 def build_processor(tokenizer, config: ScaleConfig, processor_settings: dict[str, Any]):
-    """A `ScaleProcessor` whose sizes match `config` (image size, frames, audio features, text lengths)."""
+    """A `ScaleProcessor` whose sizes match `config` (image size, frames, audio features, text lengths); with
+    the table in the caption, captions keep `config.max_text_length - config.max_table_length` tokens of the
+    text encoder's positions (as `build_config` set them), the table the rest."""
     from modeling_scale.processing_scale import ScaleProcessor
 
+    in_caption = tables_in_caption(processor_settings)
+    caption_length = config.max_text_length - (config.max_table_length if in_caption else 0)
+    if in_caption and caption_length < 3:
+        raise ValueError(
+            f"with the table in the caption, config.max_text_length ({config.max_text_length}) must hold "
+            f"max_table_length ({config.max_table_length}) and a caption (see build_config)"
+        )
     return ScaleProcessor.from_tokenizer(
         tokenizer,
         image_size=config.image_size,
         audio_feature_type=processor_settings.get("audio_feature_type", "mfcc"),
         audio_feature_size=config.audio_feature_dim,
         max_audio_seconds=processor_settings.get("max_audio_seconds", 12.0),
-        max_text_length=config.max_text_length,
+        max_text_length=caption_length,
         max_table_length=config.max_table_length,
         video_fps=processor_settings.get("video_fps", 1.0),
         max_video_frames=config.max_video_frames,
+        table_placement=processor_settings.get("table_placement", "separate"),
     )
 
 

@@ -62,6 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model_config", default="sample", help="preset (paper, sample, tiny) or JSON file")
     parser.add_argument("--config_overrides", default=None, help='e.g. "use_simcl=false,num_fusion_layers=4"')
     parser.add_argument(
+        "--table_in_caption",
+        action="store_true",
+        help="the paper's Table 8 T+Tab baseline: the serialised table follows the caption in one sequence "
+        "read by the text encoder (and masked by MLM), no table encoder input (processor "
+        "table_placement='in_caption', saved with the processor; the text encoder's max_text_length becomes "
+        "the caption's plus the table's)",
+    )
+    parser.add_argument(
         "--text_encoder",
         default=default_text_encoder(),
         help="BERT folder initialising the text encoder; 'none' to start from scratch",
@@ -167,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     set_seed(args.seed)
     dataset = load_split(args.data_dir, "pretrain", "train")
     preset = load_preset(args.model_config)
+    if args.table_in_caption:
+        preset["processor"]["table_placement"] = "in_caption"
     tokenizer, added_characters, original_ids = build_tokenizer(args, dataset)
     config = build_config(preset, len(tokenizer), parse_overrides(args.config_overrides))
     processor = build_processor(tokenizer, config, preset["processor"])
@@ -230,6 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             "modalities": list(args.modalities),
             "model_config": portable_reference(args.model_config),
             "config_overrides": args.config_overrides,
+            "table_placement": processor.table_placement,
             "text_encoder": args.text_encoder and portable_reference(args.text_encoder),
             "added_characters": added_characters,
             "vocabulary": len(tokenizer),
