@@ -13,6 +13,7 @@ CONTRASTIVE_REDUCTIONS = ("mean", "sum")
 SIMCL_WEIGHTINGS = ("both", "contrastive", "masked", "none")
 """Which terms S weighs (the paper's Table 6): contrastive pairs and masked tasks, one of them, or none."""
 SIMCL_WEIGHT_READINGS = ("logits", "loss")
+VIDEO_FRAME_ENCODERS = ("patches", "pooled")
 TABLE_MASKINGS = ("entity", "token")
 """How the table's masked task masks (the paper's Table 7): whole entities (MEM) or single tokens (MLM)."""
 
@@ -37,7 +38,13 @@ class ScaleConfig(PreTrainedConfig):
         max_text_length: caption tokens (36 in the paper).
         max_table_length: serialised table tokens (64 in the paper).
         image_size, patch_size, num_channels: raw-pixel path of the image encoder (Conv2d patches) and the
-            video encoder (each frame average-pooled by `patch_size`, then a Linear: one token per frame).
+            video encoder (one token per frame, see `video_frame_encoder`).
+        video_frame_encoder: how a video frame's pixels become its token. `"patches"` (default): Conv2d
+            patches of the frame's own, a spatial position per patch and a Linear over the patch grid, so the
+            token keeps where the product is at patch and sub-patch detail, which motion across frames needs.
+            `"pooled"`: the frame average-pooled by `patch_size`, then a Linear (48 numbers at the sample
+            preset), the stem of checkpoints saved before this option (a saved config without the field
+            loads as `"pooled"`).
         image_feature_dim, image_box_dim, max_image_regions: precomputed region path (Faster R-CNN
             features of 2048-d with a 5-d box, up to 36 regions in the paper).
         video_feature_dim, max_video_frames: precomputed per-frame path (S3D, 1024-d, up to 12 frames).
@@ -154,6 +161,7 @@ class ScaleConfig(PreTrainedConfig):
         distillation_temperature: float = 0.05,
         sparse_prediction: bool = False,
         pack_tokens: bool = True,
+        video_frame_encoder: str | None = None,
         **kwargs,
     ):
         self.vocab_size = vocab_size
@@ -199,6 +207,9 @@ class ScaleConfig(PreTrainedConfig):
         self.distillation_temperature = distillation_temperature
         self.sparse_prediction = sparse_prediction
         self.pack_tokens = pack_tokens
+        if video_frame_encoder is None:  # a saved config (it has `transformers_version`) predating the field
+            video_frame_encoder = "pooled" if "transformers_version" in kwargs else "patches"
+        self.video_frame_encoder = video_frame_encoder
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         self._check_consistency()
 
@@ -235,6 +246,7 @@ class ScaleConfig(PreTrainedConfig):
             ("simcl_weighting", SIMCL_WEIGHTINGS),
             ("simcl_weight_reading", SIMCL_WEIGHT_READINGS),
             ("contrastive_reduction", CONTRASTIVE_REDUCTIONS),
+            ("video_frame_encoder", VIDEO_FRAME_ENCODERS),
             ("table_masking", TABLE_MASKINGS),
         ):
             if getattr(self, name) not in allowed:

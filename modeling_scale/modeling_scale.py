@@ -417,23 +417,62 @@ class ScaleImageEmbeddings(nn.Module):
 
 
 class ScaleVideoEmbeddings(nn.Module):
-    """Frames -> one token each: the frame average-pooled by the patch size -> Linear, or a per-frame feature.
+    """Frames -> one token each (from pixels by `config.video_frame_encoder`), or a per-frame feature.
 
-    The pooled frame keeps the frame's layout at 1/patch_size resolution and is exactly the raw token that MFP
-    reconstructs; the video encoder shares no weights with the image encoder.
+    `"patches"` (default): each frame is cut into `patch_size` patches by a Conv2d of its own (not shared with
+    the image encoder), a learned spatial position is added to each patch, a small shared projection reduces
+    every patch to `patch_reduction.out_features` numbers, and a Linear over the concatenated patch grid
+    (row-major) gives the frame's token. The pooling has to keep *where* things are: motion is a position
+    changing from frame to frame, and the video encoder's layers compare the frame tokens over time. A mean
+    (or any other permutation-invariant pooling) of the patch tokens is blind to it: a shape moved to another
+    patch gives the same set of patch tokens, and a mean of (patch + position) only adds the same mean
+    position to every frame. The grid Linear has its own weights for each patch slot, so the token is a
+    function of what is in each patch and of which patch it is in, and within a patch the Conv2d sees the
+    sub-patch position that an average would blur. The reduction keeps that Linear near hidden_size^2
+    parameters (16 patches x 24 numbers at the sample preset, 49 x 16 at the paper's).
+
+    `"pooled"` (checkpoints saved before the option): the frame average-pooled by the patch size -> Linear,
+    the frame's layout at 1/patch_size resolution (3 x 4 x 4 numbers at the sample preset).
+
+    Either way the frame tokens get a temporal position embedding, and MFP reconstructs the average-pooled
+    frame (`video_frame_vectors`); the video encoder shares no weights with the image encoder.
     """
 
     def __init__(self, config: ScaleConfig):
         super().__init__()
         self.image_size = config.image_size
         self.patch_size = config.patch_size
+        self.frame_encoder = config.video_frame_encoder
         self.cls_embedding = nn.Parameter(torch.zeros(config.hidden_size))
-        pooled_frame_size = config.num_channels * (config.image_size // config.patch_size) ** 2
-        self.frame_projection = nn.Linear(pooled_frame_size, config.hidden_size)
+        if self.frame_encoder == "pooled":
+            pooled_frame_size = config.num_channels * (config.image_size // config.patch_size) ** 2
+            self.frame_projection = nn.Linear(pooled_frame_size, config.hidden_size)
+        else:
+            num_patches, hidden = config.num_patches, config.hidden_size
+            reduced = max(8, -(-hidden // num_patches))
+            self.patch_embedding = nn.Conv2d(
+                config.num_channels, hidden, kernel_size=config.patch_size, stride=config.patch_size
+            )
+            self.spatial_position_embeddings = nn.Embedding(num_patches, hidden)
+            self.patch_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
+            self.patch_reduction = nn.Linear(hidden, reduced)
+            self.grid_projection = nn.Linear(num_patches * reduced, hidden)
         self.feature_projection = nn.Linear(config.video_feature_dim, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_video_frames + 1, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def frame_tokens(self, video_pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) frames -> (B, T, hidden_size) frame tokens, before the temporal positions."""
+        if self.frame_encoder == "pooled":
+            frames = video_frame_vectors(video_pixel_values, self.patch_size)
+            return self.frame_projection(frames.to(self.frame_projection.weight.dtype))
+        batch, frames = video_pixel_values.shape[:2]
+        pixels = video_pixel_values.flatten(0, 1).to(self.patch_embedding.weight.dtype)
+        patches = self.patch_embedding(pixels).flatten(2).transpose(1, 2)  # (B*T, N, H), row-major
+        patches = F.gelu(self.patch_norm(patches + self.spatial_position_embeddings.weight))
+        grid = self.patch_reduction(patches).flatten(1)  # (B*T, N * reduced): each slot keeps its place
+        return self.grid_projection(grid).view(batch, frames, -1)
 
     def forward(
         self, video_pixel_values: torch.Tensor | None = None, video_features: torch.Tensor | None = None
@@ -444,8 +483,7 @@ class ScaleVideoEmbeddings(nn.Module):
                     f"`video_pixel_values` frames are {tuple(video_pixel_values.shape[-2:])}, "
                     f"config.image_size is {self.image_size}"
                 )
-            frames = video_frame_vectors(video_pixel_values, self.patch_size)
-            tokens = self.frame_projection(frames.to(self.frame_projection.weight.dtype))
+            tokens = self.frame_tokens(video_pixel_values)
             field = "video_pixel_values"
         else:
             tokens = self.feature_projection(video_features.to(self.feature_projection.weight.dtype))

@@ -355,7 +355,7 @@ def test_raw_token_vectors_match_the_embedding_stems(config):
     torch.testing.assert_close(as_linear, conv(pixels).flatten(2).transpose(1, 2), atol=1e-5, rtol=1e-4)
 
     frames = torch.randn(2, 3, 3, config.image_size, config.image_size)
-    video = model.embeddings["video"]
+    video = ScaleModel(tiny_config(video_frame_encoder="pooled")).embeddings["video"]  # the pooled stem
     pooled = video_frame_vectors(frames, config.patch_size)
     assert pooled.shape == (2, 3, 3 * (config.image_size // config.patch_size) ** 2)
     tokens = video.frame_projection(pooled) + video.position_embeddings.weight[1:4]
