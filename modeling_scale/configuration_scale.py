@@ -53,22 +53,22 @@ class ScaleConfig(PreTrainedConfig):
         audio_subsampling: the audio stem embeds non-overlapping groups of this many frames (a Linear on the
             flattened group, i.e. a Conv1d with kernel = stride), so that 750 frames become 188 tokens.
         projection_dim: size of the per-modality contrastive features (`product_embeds` keep `hidden_size`).
-        alignment: how SIMCL's modality alignment matrix S is obtained. `"learned"` (default, as the paper's
-            text reads): a free 5x5 parameter, S <- k * S * softmax(S) over the k present modalities,
-            initialised at ones so every term starts with weight 1 (the paper's zero initialisation would
-            multiply every logit by 0; see `simcl.alignment_scores`). `"feature"` (what the authors' released
-            code computes, per sample): from the cosine similarities of the pre-JCT modality features,
-            S <- S * softmax(S), rows L2-normalised. It is not the default because freshly initialised
-            encoders give cross-modal cosines near 0, hence S near the identity and contrastive logits
-            scaled by near 0: the contrastive loss cannot leave chance. `"learned"` does not bound what S does
-            to the loss it is trained on: it scales the logits of aligned pairs up without limit and switches
-            unaligned ones off. Two bounded modes, whose weights always average 1 (each sample's present pairs
-            share a total equal to their number, its present modalities likewise on the diagonal), so S can
-            neither scale every term up nor switch every term off: `"bounded"`, a free 5x5 parameter through
-            that normalisation (still trained on the loss, so it moves weight towards the pairs and tasks
-            whose loss is lowest), and `"embedding"`, from how well each sample's modality features agree,
-            detached (no parameter: S is never rewarded for shrinking a term, its weights follow what the
-            encoders have aligned).
+        alignment: how SIMCL's modality alignment matrix S is obtained. `"embedding"` (default; the
+            abstract's "importance of each modality learned directly from the modality embeddings"): from how
+            well each sample's modality features agree (cosines, detached), through a softmax over the
+            sample's present pairs and, on the diagonal, over its present modalities, times their number, so
+            the weights are >= 0 and average 1: S can neither scale every term up nor switch every term off,
+            the loss never rewards the encoders for misaligning a pair to shrink its weight, and a pair the
+            encoders cannot align (an unreliable modality) falls behind the aligned ones. `"bounded"`: a free
+            5x5 parameter through the same normalisation (still trained on the loss it weights, so it moves
+            weight towards the lowest-loss terms). `"learned"` (the paper's text): a free 5x5 parameter,
+            S <- k * S * softmax(S) over the k present modalities, initialised at ones so every term starts
+            with weight 1 (the paper's zero initialisation would multiply every logit by 0); nothing bounds
+            it: it scales the logits of aligned pairs up without limit and switches unaligned ones off.
+            `"feature"` (what the authors' released code computes, per sample): the cosine similarities of the
+            pre-JCT modality features, S <- S * softmax(S), rows L2-normalised; freshly initialised encoders
+            give cross-modal cosines near 0, hence S near the identity and contrastive logits scaled by near 0,
+            so the contrastive loss cannot leave chance.
         temperature: InfoNCE temperature tau.
         contrastive_denominator: `"negatives"` is the paper's Eq. 2 (only the 2(N-1) cross-modal negatives in
             the denominator); `"all"` is the standard symmetric InfoNCE (as CLIP), whose softmax keeps the
@@ -77,11 +77,11 @@ class ScaleConfig(PreTrainedConfig):
             the ablation of the paper (the same as `simcl_weighting="none"`).
         simcl_weighting: which terms S weighs, the four rows of the paper's Table 6: `"both"` (Eq. 3: the
             contrastive pairs by S[i, j], the masked tasks by S[i, i]), `"contrastive"`, `"masked"`, `"none"`.
-        simcl_weight_reading: how S weighs a term. `"logits"` (Eq. 3's letter): it scales the pair's
-            contrastive logits (an inverse temperature) and the masked task's logits, which for the regression
-            tasks (MRP, MFP, MAM) are the head's predictions, a gain the head learns to cancel. `"loss"`: it
-            multiplies each sample's loss in the term, so the gradient a term sends to the encoders scales
-            with its weight.
+        simcl_weight_reading: how S weighs a term. `"loss"` (default, Eq. 3's intent): it multiplies each
+            sample's loss in the term, so the gradient a term sends to the encoders scales with its weight.
+            `"logits"` (Eq. 3's letter): it scales the pair's contrastive logits (an inverse temperature) and
+            the masked task's logits, which for the regression tasks (MRP, MFP, MAM) are the head's
+            predictions, a gain the head learns to cancel.
         contrastive_reduction: how the modality pairs' contrastive losses combine: `"mean"` over the usable
             pairs, or `"sum"` as Eq. 3 writes it (with five modalities ten pair terms against five masked
             tasks, and no pair's weight depending on how many pairs the batch holds).
@@ -145,12 +145,12 @@ class ScaleConfig(PreTrainedConfig):
         max_audio_frames: int = 750,
         audio_subsampling: int = 4,
         projection_dim: int = 256,
-        alignment: str = "learned",
+        alignment: str = "embedding",
         temperature: float = 0.07,
         contrastive_denominator: str = "negatives",
         use_simcl: bool = True,
         simcl_weighting: str = "both",
-        simcl_weight_reading: str = "logits",
+        simcl_weight_reading: str = "loss",
         contrastive_reduction: str = "mean",
         mask_probability: float = 0.15,
         table_masking: str = "entity",

@@ -65,7 +65,7 @@ def test_pair_i_j_is_scaled_by_s_i_j_not_s_j_i():
 
 @pytest.fixture(scope="module")
 def config():
-    return tiny_config(alignment="learned")
+    return tiny_config(alignment="learned", simcl_weight_reading="logits")
 
 
 def asymmetric_model(config) -> ScaleForPreTraining:

@@ -218,8 +218,8 @@ def test_paper_defaults():
     config = ScaleConfig()
     assert (config.hidden_size, config.num_encoder_layers, config.num_fusion_layers) == (768, 6, 6)
     assert (config.max_text_length, config.max_table_length, config.temperature) == (36, 64, 0.07)
-    assert config.alignment == "learned" and config.contrastive_denominator == "negatives"
-    assert (config.use_simcl, config.simcl_weighting, config.simcl_weight_reading) == (True, "both", "logits")
+    assert config.alignment == "embedding" and config.contrastive_denominator == "negatives"
+    assert (config.use_simcl, config.simcl_weighting, config.simcl_weight_reading) == (True, "both", "loss")
     assert config.contrastive_reduction == "mean"
 
 

@@ -1,0 +1,341 @@
+"""The paper's ablations run the paper's way, each row pretrained from scratch with several seeds:
+
+    .venv/bin/python -m train.ablation --tables 3,6,7,8,noisy --seeds 0,1,2
+
+- Table 3 (`--protocol paper`, the default): one model pretrained per modality set (Text, +Image, +Table,
+  +Video, +Audio), each evaluated on the modalities it was trained with. `--protocol leave_out` instead
+  evaluates one five-modality model with the other modalities left out at inference (what `evaluation.py`'s
+  Table 3 reports: robustness to missing inputs, a different question).
+- Table 6: SIMCL's S on the contrastive pairs (IMCL), on the masked tasks (PRE), both, neither.
+- Table 7: the table's masked task over whole entities (MEM) or single word pieces (MLM).
+- Table 8: separate caption and table encoders (T/Tab) or the table appended to the caption and read by the
+  text encoder alone (T+Tab).
+- noisy: on a sample whose table shows another product's for half of the listings
+  (`generate_sample --noisy_modality table --noisy_fraction 0.5`), pretraining without and with SIMCL's
+  weights; besides retrieval it reports S's mean weight of each pair for the listings whose table is
+  unrelated and for the others.
+
+Every row is scored on the pretrained features like `evaluation.py` (coarse retrieval mAP@k / Prec@k, linear
+probe accuracy for the classification column; the paper's accuracy is after fine-tuning, which the ablation
+skips to fit a CPU) and printed as mean ± std over the seeds. The seeds are training seeds on one generated
+sample. Runs shared by several tables (the all-modality default row) are trained once. Each run is skipped
+when its output is complete, so the command can be stopped and rerun; `--jobs` runs several at once, each
+with its share of the cores. Results: OUTPUT_ROOT/ablation.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MODALITIES = ("text", "table", "image", "video", "audio")
+TABLE3_ORDER = ("text", "image", "table", "video", "audio")
+"""The paper's Table 3 adds modalities in this order."""
+METRICS = ("mAP@1", "mAP@5", "mAP@10", "Prec@1", "Prec@5", "Prec@10")
+NOISY_MODALITY = "table"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pretraining recipe: the data it reads, its modalities and its options (a seed makes it a run)."""
+
+    data: str = "clean"
+    modalities: tuple[str, ...] = MODALITIES
+    overrides: str = ""
+    pretrain_options: tuple[str, ...] = ()
+
+    @property
+    def slug(self) -> str:
+        parts = [self.data, "-".join(m[:2] for m in self.modalities)]
+        parts += [self.overrides.replace("=", "_").replace(",", "+")] if self.overrides else []
+        parts += (
+            ["_".join(option.strip("-") for option in self.pretrain_options)] if self.pretrain_options else []
+        )
+        return "__".join(parts)
+
+
+@dataclass(frozen=True)
+class Row:
+    table: str
+    label: str
+    run: Run
+    evaluate_on: tuple[str, ...] = MODALITIES
+
+
+DEFAULT = Run()
+
+
+def table_rows(table: str, protocol: str) -> list[Row]:
+    """The rows of one table, in the paper's order."""
+    if table == "3":
+        rows = []
+        for count in range(1, len(TABLE3_ORDER) + 1):
+            modalities = tuple(m for m in MODALITIES if m in TABLE3_ORDER[:count])
+            label = "Text" if count == 1 else f"+{TABLE3_ORDER[count - 1].capitalize()}"
+            run = Run(modalities=modalities) if protocol == "paper" else DEFAULT
+            rows.append(Row("3", label, run, modalities))
+        return rows
+    if table == "6":
+        labels = {"none": "neither", "contrastive": "IMCL", "masked": "PRE", "both": "IMCL + PRE"}
+        return [
+            Row("6", label, DEFAULT if weighting == "both" else Run(overrides=f"simcl_weighting={weighting}"))
+            for weighting, label in labels.items()
+        ]
+    if table == "7":
+        return [Row("7", "MLM", Run(overrides="table_masking=token")), Row("7", "MEM", DEFAULT)]
+    if table == "8":
+        return [
+            Row("8", "T+Tab", Run(pretrain_options=("--table_in_caption",))),
+            Row("8", "T/Tab", DEFAULT),
+        ]
+    if table == "noisy":
+        return [
+            Row("noisy", "no SIMCL", Run(data="noisy", overrides="simcl_weighting=none")),
+            Row("noisy", "SIMCL", Run(data="noisy")),
+        ]
+    raise ValueError(f"unknown table {table!r}; choose among 3, 6, 7, 8, noisy")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--output_root", default=str(REPO_ROOT / "outputs" / "ablation"))
+    parser.add_argument("--tables", default="3,6,7,8,noisy", help="comma-separated: 3, 6, 7, 8, noisy")
+    parser.add_argument(
+        "--protocol", default="paper", choices=["paper", "leave_out"], help="Table 3's protocol"
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="training seeds (one generated sample)")
+    parser.add_argument(
+        "--size", default="default", choices=["tiny", "default"], help="generated sample size"
+    )
+    parser.add_argument("--pretrain_epochs", type=float, default=4)
+    parser.add_argument("--max_steps", type=int, default=None, help="cap every pretraining (smoke tests)")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--calibration_products", type=int, default=2048)
+    parser.add_argument("--model_config", default="sample")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with cores / jobs threads")
+    parser.add_argument("--pretrain_args", default="", help="extra pretrain.py options for every run")
+    parser.add_argument(
+        "--rows", default=None, help="only these rows, ';'-separated labels (e.g. 'neither;SIMCL')"
+    )
+    args = parser.parse_args(argv)
+    args.tables = [table.strip() for table in args.tables.split(",") if table.strip()]
+    args.seeds = [int(seed) for seed in args.seeds.split(",")]
+    args.rows = None if args.rows is None else {label.strip() for label in args.rows.split(";")}
+    return args
+
+
+def prepare_data(root: Path, kind: str, size: str) -> Path:
+    """Generate and convert the sample (`kind` "noisy": the table unrelated for half of the listings)."""
+    raw, data = root / f"sample_{kind}_raw", root / f"m5product_{kind}"
+    python = sys.executable
+    if not (raw / "sample_info.json").exists():
+        command = [python, "-m", "dataset_script.generate_sample", str(raw), "--size", size, "--seed", "0"]
+        if kind == "noisy":
+            command += ["--noisy_modality", NOISY_MODALITY, "--noisy_fraction", "0.5"]
+        subprocess.run(command, check=True, cwd=REPO_ROOT)
+    if not (data / "_conversion" / "summary.json").exists():
+        command = [python, "-m", "dataset_script.convert_datatrove", str(raw), str(data), "--workers", "1"]
+        subprocess.run(command, check=True, cwd=REPO_ROOT)
+    return data
+
+
+def run_one(run: Run, seed: int, data: Path, root: Path, args: argparse.Namespace, threads: int) -> Path:
+    """Pretrain and evaluate one (recipe, seed); returns its results.json."""
+    folder = root / "runs" / f"{run.slug}__seed{seed}"
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    python = sys.executable
+    log = folder / "log.txt"
+    folder.mkdir(parents=True, exist_ok=True)
+    model = folder / "pretrain"
+    if not (model / "training_summary.json").exists():
+        command = [
+            python, "train/pretrain.py", "--data_dir", str(data), "--output_dir", str(model),
+            "--model_config", args.model_config, "--trim_vocabulary",
+            "--modalities", ",".join(run.modalities),
+            "--num_epochs", str(args.pretrain_epochs), "--per_device_batch_size", str(args.batch_size),
+            "--seed", str(seed), "--calibration_products", str(args.calibration_products),
+            "--num_workers", "0", "--resume_from_checkpoint", "latest", "--checkpointing_steps", "100",
+            "--checkpoints_total_limit", "1", *run.pretrain_options, *args.pretrain_args.split(),
+        ]  # fmt: skip
+        if run.overrides:
+            command += ["--config_overrides", run.overrides]
+        if args.max_steps:
+            command += ["--max_steps", str(args.max_steps)]
+        with open(log, "a") as handle:
+            subprocess.run(
+                command, check=True, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
+            )
+    results = folder / "eval" / "results.json"
+    if not results.exists():
+        evaluations = sorted({row.evaluate_on for row in rows_of(args) if row.run == run}, key=len)
+        command = [
+            python, "train/evaluation.py", "--model_dir", str(model), "--data_dir", str(data),
+            "--output_dir", str(folder / "eval"), "--seed", str(seed), "--no_baselines", "--no_plots",
+            "--no_model_card", "--combinations", ";".join(",".join(c) for c in evaluations),
+        ]  # fmt: skip
+        with open(log, "a") as handle:
+            subprocess.run(
+                command, check=True, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
+            )
+    return results
+
+
+def rows_of(args: argparse.Namespace, tables: Sequence[str] | None = None) -> list[Row]:
+    """The rows to run, of `tables` (default: all chosen), filtered by `--rows`."""
+    rows = [row for table in tables or args.tables for row in table_rows(table, args.protocol)]
+    return [row for row in rows if args.rows is None or row.label in args.rows]
+
+
+def row_scores(results: dict, modalities: Sequence[str]) -> dict[str, float]:
+    """The paper's columns of one evaluated combination: probe accuracy, coarse mAP@k and Prec@k."""
+    from train.evaluation import combination_name
+
+    entry = results["pretrained"][combination_name(modalities)]
+    return {"Accuracy": entry["linear_probe_accuracy"], **{m: entry["coarse"][m] for m in METRICS}}
+
+
+def noisy_alignment(model_dir: Path, data_dir: Path, raw_dir: Path) -> dict[str, dict[str, float]]:
+    """S's mean weight of every pair holding the noisy modality, and of every other pair, over the coarse
+    pool's listings that have all the pair's modalities, for the listings whose noisy modality is unrelated
+    and for the others."""
+    import torch
+    from datasets import concatenate_datasets
+
+    from modeling_scale import ScaleModel, ScaleProcessor
+    from train.components import load_split
+    from train.embeddings import extract_embeddings
+
+    noisy_ids = set(json.loads((raw_dir / "sample_info.json").read_text())["noisy_items"])
+    items = concatenate_datasets(
+        [load_split(str(data_dir), "retrieval_coarse", s) for s in ("query", "gallery")]
+    )
+    model = ScaleModel.from_pretrained(model_dir).eval()
+    processor = ScaleProcessor.from_pretrained(model_dir)
+    result = extract_embeddings(
+        model, processor, items, MODALITIES, batch_size=64, device=torch.device("cpu")
+    )
+    scores, present = result["alignment_scores"], result["modality_mask"].astype(bool)
+    unrelated = np.array([item_id in noisy_ids for item_id in result["item_ids"]])
+    noisy = MODALITIES.index(NOISY_MODALITY)
+    summary = {}
+    for group, rows in (("unrelated", unrelated), ("own", ~unrelated & present[:, noisy])):
+        with_noisy, without = [], []
+        for i in range(len(MODALITIES)):
+            for j in range(i + 1, len(MODALITIES)):
+                both = rows & present[:, i] & present[:, j]
+                if both.any():
+                    (with_noisy if noisy in (i, j) else without).append(scores[both, i, j])
+        summary[group] = {
+            f"pairs with {NOISY_MODALITY}": float(np.concatenate(with_noisy).mean())
+            if with_noisy
+            else np.nan,
+            "other pairs": float(np.concatenate(without).mean()) if without else np.nan,
+            "listings": int(rows.sum()),
+        }
+    return summary
+
+
+def mean_std(values: Sequence[float]) -> str:
+    return f"{np.mean(values):.2f} ± {np.std(values, ddof=1) if len(values) > 1 else 0.0:.2f}"
+
+
+TITLES = {
+    "3": "Table 3 — modalities added one by one",
+    "6": "Table 6 — SIMCL's S on the contrastive pairs (IMCL) and on the masked tasks (PRE)",
+    "7": "Table 7 — the table's masked task: single word pieces (MLM) or whole entities (MEM)",
+    "8": "Table 8 — caption and table stacked in one encoder (T+Tab) or in their own (T/Tab)",
+    "noisy": f"Noisy {NOISY_MODALITY} (half of the listings show another product's) — retrieval",
+}
+
+
+def format_tables(scores: dict, args: argparse.Namespace, alignment: dict) -> str:
+    seeds = ", ".join(map(str, args.seeds))
+    protocol = {
+        "paper": "one model pretrained per modality set",
+        "leave_out": "one model, modalities left out",
+    }
+    lines = [
+        f"Pretrained features, {args.pretrain_epochs:g} pretraining epochs, seeds {seeds}: mean ± std. "
+        "Accuracy = linear probe; mAP / Prec = coarse retrieval.",
+    ]
+    for table in args.tables:
+        title = TITLES[table] + (f" ({protocol[args.protocol]})" if table == "3" else "")
+        lines += ["", f"**{title}**", "", "| row | Accuracy | " + " | ".join(METRICS) + " |"]
+        lines.append("|---" * (len(METRICS) + 2) + "|")
+        for row in rows_of(args, [table]):
+            cells = scores[table][row.label]
+            lines.append(
+                f"| {row.label} | " + " | ".join(mean_std(cells[c]) for c in ("Accuracy", *METRICS)) + " |"
+            )
+    if alignment:
+        lines += [
+            "",
+            f"**Noisy {NOISY_MODALITY} — S's mean pair weight** (coarse pool, mean ± std over seeds)",
+            "",
+        ]
+        lines += [f"| row | listings | pairs with {NOISY_MODALITY} | other pairs |", "|---|---|---|---|"]
+        for label, groups in alignment.items():
+            for group, values in groups.items():
+                cells = [mean_std(values[f"pairs with {NOISY_MODALITY}"]), mean_std(values["other pairs"])]
+                lines.append(
+                    f"| {label}, {group} {NOISY_MODALITY} | {values['listings'][0]} | "
+                    + " | ".join(cells)
+                    + " |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    root = Path(args.output_root)
+    rows = rows_of(args)
+    data = {kind: prepare_data(root, kind, args.size) for kind in sorted({row.run.data for row in rows})}
+    runs = list(dict.fromkeys(row.run for row in rows))
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    jobs = [(run, seed) for seed in args.seeds for run in runs]
+    print(
+        f"{len(jobs)} pretraining runs ({len(runs)} recipes x {len(args.seeds)} seeds), {args.jobs} at once"
+    )
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = {job: pool.submit(run_one, *job, data[job[0].data], root, args, threads) for job in jobs}
+        results = {job: json.loads(future.result().read_text()) for job, future in futures.items()}
+
+    scores: dict = {}
+    for row in rows:
+        per_seed = [row_scores(results[row.run, seed], row.evaluate_on) for seed in args.seeds]
+        scores.setdefault(row.table, {})[row.label] = {k: [s[k] for s in per_seed] for k in per_seed[0]}
+    alignment: dict = {}
+    for row in (row for row in rows if row.table == "noisy"):
+        per_seed = [
+            noisy_alignment(
+                root / "runs" / f"{row.run.slug}__seed{seed}" / "pretrain",
+                data["noisy"],
+                root / "sample_noisy_raw",
+            )
+            for seed in args.seeds
+        ]
+        alignment[row.label] = {
+            group: {key: [s[group][key] for s in per_seed] for key in per_seed[0][group]}
+            for group in per_seed[0]
+        }
+    markdown = format_tables(scores, args, alignment)
+    (root / "ablation.md").write_text(markdown)
+    payload = {"args": {k: v for k, v in vars(args).items()}, "scores": scores, "noisy_alignment": alignment}
+    (root / "ablation.json").write_text(json.dumps(payload, indent=1))
+    print(markdown)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
