@@ -332,7 +332,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         }
     markdown = format_tables(scores, args, alignment)
     (root / "ablation.md").write_text(markdown)
-    payload = {"args": {k: v for k, v in vars(args).items()}, "scores": scores, "noisy_alignment": alignment}
+    settings = {**vars(args), "rows": None if args.rows is None else sorted(args.rows)}
+    payload = {"args": settings, "scores": scores, "noisy_alignment": alignment}
     (root / "ablation.json").write_text(json.dumps(payload, indent=1))
     print(markdown)
 

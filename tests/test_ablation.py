@@ -1,0 +1,114 @@
+"""train/ablation.py: which models each table trains, runs shared between tables, and mean ± std tables."""
+
+import json
+
+import pytest
+
+from train import ablation
+from train.ablation import DEFAULT, METRICS, Run, parse_args, rows_of, table_rows
+
+
+def test_table3_paper_protocol_pretrains_one_model_per_modality_set():
+    rows = table_rows("3", "paper")
+    assert [row.label for row in rows] == ["Text", "+Image", "+Table", "+Video", "+Audio"]
+    assert [len(row.run.modalities) for row in rows] == [1, 2, 3, 4, 5]
+    assert rows[1].run.modalities == ("text", "image") and rows[2].run.modalities == (
+        "text",
+        "table",
+        "image",
+    )
+    assert all(row.run.modalities == row.evaluate_on for row in rows)  # each scored on what it learned from
+    assert len({row.run for row in rows}) == 5 and rows[-1].run == DEFAULT
+
+
+def test_table3_leave_out_protocol_is_one_model_with_modalities_left_out():
+    rows = table_rows("3", "leave_out")
+    assert {row.run for row in rows} == {DEFAULT}
+    assert [row.evaluate_on for row in rows] == [r.evaluate_on for r in table_rows("3", "paper")]
+
+
+def test_each_table_varies_one_setting_against_the_shared_default():
+    six = {row.label: row.run for row in table_rows("6", "paper")}
+    assert six["IMCL + PRE"] == DEFAULT
+    assert {six[label].overrides for label in ("neither", "IMCL", "PRE")} == {
+        "simcl_weighting=none",
+        "simcl_weighting=contrastive",
+        "simcl_weighting=masked",
+    }
+    seven = {row.label: row.run for row in table_rows("7", "paper")}
+    assert seven == {"MLM": Run(overrides="table_masking=token"), "MEM": DEFAULT}
+    eight = {row.label: row.run for row in table_rows("8", "paper")}
+    assert eight["T/Tab"] == DEFAULT and eight["T+Tab"].pretrain_options == ("--table_in_caption",)
+    noisy = {row.label: row.run for row in table_rows("noisy", "paper")}
+    assert {run.data for run in noisy.values()} == {"noisy"}
+    assert noisy["no SIMCL"].overrides == "simcl_weighting=none" and noisy["SIMCL"].overrides == ""
+    with pytest.raises(ValueError, match="unknown table '9'"):
+        table_rows("9", "paper")
+
+
+def test_shared_rows_train_once_and_slugs_tell_runs_apart():
+    args = parse_args(["--tables", "3,6,7,8,noisy"])
+    runs = list(dict.fromkeys(row.run for row in rows_of(args)))
+    assert len(runs) == 5 + 3 + 1 + 1 + 2  # the all-modality default is shared by Tables 3, 6, 7 and 8
+    assert len({run.slug for run in runs}) == len(runs)
+    assert sum(row.run == DEFAULT for row in rows_of(args)) == 4
+
+
+def test_rows_filter_keeps_the_named_rows_only():
+    args = parse_args(["--tables", "6,noisy", "--rows", "neither; SIMCL"])
+    assert [(row.table, row.label) for row in rows_of(args)] == [("6", "neither"), ("noisy", "SIMCL")]
+
+
+def fake_results(run: Run, seed: int) -> dict:
+    """An evaluation's results.json whose scores encode the run and the seed."""
+    from train.evaluation import combination_name
+
+    base = float(len(run.modalities) * 10 + seed + (0.5 if run.overrides else 0.0))
+    entry = {"linear_probe_accuracy": base, "coarse": {metric: base + i for i, metric in enumerate(METRICS)}}
+    names = {combination_name(run.modalities[:count]) for count in range(1, len(run.modalities) + 1)}
+    names |= {combination_name(row.evaluate_on) for row in table_rows("3", "paper")}
+    return {"pretrained": dict.fromkeys(names, entry)}
+
+
+@pytest.fixture
+def fake_runs(tmp_path, monkeypatch):
+    """main() without training: prepare_data and run_one replaced; returns the (run, seed) calls."""
+    calls = []
+
+    def run_one(run, seed, data, root, args, threads):
+        calls.append((run, seed))
+        path = tmp_path / f"{run.slug}_{seed}.json"
+        path.write_text(json.dumps(fake_results(run, seed)))
+        return path
+
+    monkeypatch.setattr(ablation, "prepare_data", lambda root, kind, size: tmp_path / kind)
+    monkeypatch.setattr(ablation, "run_one", run_one)
+    return calls
+
+
+def test_main_trains_each_recipe_and_seed_once_and_reports_mean_and_std(tmp_path, fake_runs):
+    ablation.main(["--output_root", str(tmp_path), "--tables", "3,6", "--seeds", "0,1,2", "--jobs", "2"])
+
+    assert len(fake_runs) == len(set(fake_runs)) == (5 + 3) * 3
+    report = json.loads((tmp_path / "ablation.json").read_text())
+    text_row = report["scores"]["3"]["Text"]
+    assert text_row["Accuracy"] == [10.0, 11.0, 12.0] and text_row["mAP@10"] == [12.0, 13.0, 14.0]
+    assert report["scores"]["6"]["neither"]["Accuracy"] == [50.5, 51.5, 52.5]
+    markdown = (tmp_path / "ablation.md").read_text()
+    assert "| Text | 11.00 ± 1.00 | 11.00 ± 1.00 |" in markdown  # sample std (ddof 1)
+    assert "one model pretrained per modality set" in markdown and "| IMCL + PRE | 51.00 ± 1.00 |" in markdown
+
+
+def test_noisy_alignment_table_lists_each_group(tmp_path, fake_runs, monkeypatch):
+    def noisy_alignment(model_dir, data_dir, raw_dir):
+        unrelated = 1.0 if "simcl_weighting_none" in str(model_dir) else 0.6
+        return {
+            "unrelated": {"pairs with table": unrelated, "other pairs": 1.1, "listings": 7},
+            "own": {"pairs with table": 1.0, "other pairs": 1.0, "listings": 9},
+        }
+
+    monkeypatch.setattr(ablation, "noisy_alignment", noisy_alignment)
+    ablation.main(["--output_root", str(tmp_path), "--tables", "noisy", "--seeds", "0,1"])
+    markdown = (tmp_path / "ablation.md").read_text()
+    assert "| SIMCL, unrelated table | 7 | 0.60 ± 0.00 | 1.10 ± 0.00 |" in markdown
+    assert "| no SIMCL, own table | 9 | 1.00 ± 0.00 | 1.00 ± 0.00 |" in markdown
