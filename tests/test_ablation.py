@@ -41,6 +41,7 @@ def test_each_table_varies_one_setting_against_the_shared_default():
     assert eight["T/Tab"] == DEFAULT and eight["T+Tab"].pretrain_options == ("--table_in_caption",)
     noisy = {row.label: row.run for row in table_rows("noisy", "paper")}
     assert {run.data for run in noisy.values()} == {"noisy"}
+    assert {run.modalities for run in noisy.values()} == {("text", "table", "image")}
     assert noisy["no SIMCL"].overrides == "simcl_weighting=none" and noisy["SIMCL"].overrides == ""
     with pytest.raises(ValueError, match="unknown table '9'"):
         table_rows("9", "paper")
@@ -100,7 +101,8 @@ def test_main_trains_each_recipe_and_seed_once_and_reports_mean_and_std(tmp_path
 
 
 def test_noisy_alignment_table_lists_each_group(tmp_path, fake_runs, monkeypatch):
-    def noisy_alignment(model_dir, data_dir, raw_dir):
+    def noisy_alignment(model_dir, data_dir, raw_dir, modalities):
+        assert modalities == ("text", "table", "image")
         unrelated = 1.0 if "simcl_weighting_none" in str(model_dir) else 0.6
         return {
             "unrelated": {"pairs with table": unrelated, "other pairs": 1.1, "listings": 7},
