@@ -39,12 +39,12 @@ class ScaleConfig(PreTrainedConfig):
         max_table_length: serialised table tokens (64 in the paper).
         image_size, patch_size, num_channels: raw-pixel path of the image encoder (Conv2d patches) and the
             video encoder (one token per frame, see `video_frame_encoder`).
-        video_frame_encoder: how a video frame's pixels become its token. `"patches"` (default): Conv2d
-            patches of the frame's own, a spatial position per patch and a Linear over the patch grid, so the
-            token keeps where the product is at patch and sub-patch detail, which motion across frames needs.
-            `"pooled"`: the frame average-pooled by `patch_size`, then a Linear (48 numbers at the sample
-            preset), the stem of checkpoints saved before this option (a saved config without the field
-            loads as `"pooled"`).
+        video_frame_encoder: how a video frame's pixels become its token. `"pooled"`: the frame
+            average-pooled by `patch_size`, then a Linear (48 numbers at the sample preset), the stem of
+            checkpoints saved before this option (a saved config without the field loads as `"pooled"`).
+            `"patches"` (default) adds a patch path of the video encoder's own (Conv2d patches, a spatial
+            position per patch, a Linear over the patch grid, starting at zero), so the token can keep where
+            the product is in finer detail than the average, which motion across frames is made of.
         image_feature_dim, image_box_dim, max_image_regions: precomputed region path (Faster R-CNN
             features of 2048-d with a 5-d box, up to 36 regions in the paper).
         video_feature_dim, max_video_frames: precomputed per-frame path (S3D, 1024-d, up to 12 frames).

@@ -823,9 +823,8 @@ def test_paper_sized_model_runs_forward_and_backward():
 
     stats = measure(ScaleConfig(), batch_size=2)
     assert fusion_tokens(ScaleConfig()) == 36 + 64 + 37 + 13 + 189
-    assert (
-        290e6 < stats["parameters_base_model"] < 300e6
-    )  # 5 encoders + JCT of 6 BERT-base layers each, + stems
+    # 5 encoders + JCT of 6 BERT-base layers each, + stems (the video patch stem: 3.0 M)
+    assert 290e6 < stats["parameters_base_model"] < 305e6
     assert stats["parameters_fusion_encoder"] == stats["parameters_per_encoder"]
     # 193.5 GFLOP for the five masked tasks and SIMCL, plus two subset views' JCT passes (forward and
     # backward over the 339 fused tokens, 92.8 GFLOP each): 379.0 GFLOP

@@ -50,6 +50,19 @@ def relative_difference(first: torch.Tensor, second: torch.Tensor) -> float:
     return float((first - second).norm() / first.norm())
 
 
+def trained_like(video: torch.nn.Module) -> torch.nn.Module:
+    """The patch stem with its grid Linear drawn as the other Linears are (it starts at zero)."""
+    with torch.no_grad():
+        video.grid_projection.weight.normal_(0.0, 0.02)
+    return video
+
+
+def patch_part(video: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor:
+    """What the patch path adds to the pooled frame's Linear in a frame token."""
+    pooled = video.frame_projection(video_frame_vectors(frames, PATCH))
+    return video.frame_tokens(frames) - pooled
+
+
 def test_config_defaults_to_patches_and_validates_the_value():
     assert ScaleConfig().video_frame_encoder == "patches"
     assert tiny_config(video_frame_encoder="pooled").video_frame_encoder == "pooled"
@@ -61,10 +74,22 @@ def test_each_stem_has_only_its_own_weights():
     patches = ScaleModel(tiny_config()).embeddings["video"]
     pooled = ScaleModel(tiny_config(video_frame_encoder="pooled")).embeddings["video"]
     names = {name.split(".")[0] for name, _ in patches.named_parameters()}
-    assert {"patch_embedding", "spatial_position_embeddings", "grid_projection"} <= names
-    assert "frame_projection" not in names
+    assert {"frame_projection", "patch_embedding", "spatial_position_embeddings", "grid_projection"} <= names
     pooled_names = {name.split(".")[0] for name, _ in pooled.named_parameters()}
     assert "frame_projection" in pooled_names and "patch_embedding" not in pooled_names
+
+
+def test_the_patch_path_starts_at_zero_and_learns():
+    """At initialisation the patch stem is the pooled stem (its grid Linear is zero); the first backward pass
+    gives that Linear a gradient."""
+    torch.manual_seed(0)
+    model = ScaleModel(tiny_config())
+    video = model.embeddings["video"]
+    frames = torch.randn(2, 3, 3, SIZE, SIZE)
+    assert not video.grid_projection.weight.any()
+    torch.testing.assert_close(patch_part(video, frames), torch.zeros(2, 3, 32))
+    model.get_video_features(video_pixel_values=frames).pow(2).sum().backward()
+    assert video.grid_projection.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("encoder", ["patches", "pooled"])
@@ -96,13 +121,13 @@ def test_a_frame_token_knows_which_patch_the_shape_is_in(seed):
     """The square moved by two patches: the same set of patch tokens (a mean over them cannot tell), but a
     different frame token."""
     torch.manual_seed(seed)
-    video = ScaleModel(tiny_config()).eval().embeddings["video"]
+    video = trained_like(ScaleModel(tiny_config()).eval().embeddings["video"])
     left, right = square_frame(1)[None], square_frame(1 + 2 * PATCH)[None]
     conv = video.patch_embedding
     mean_left, mean_right = (conv(frame).flatten(2).mean(-1) for frame in (left, right))
     torch.testing.assert_close(mean_left, mean_right)  # the position-blind pooling sees no difference
     with torch.no_grad():
-        tokens = [video.frame_tokens(frame[None]) for frame in (left, right)]
+        tokens = [patch_part(video, frame[None]) for frame in (left, right)]
     assert relative_difference(*tokens) > 0.05
 
 
@@ -111,12 +136,14 @@ def test_a_frame_token_knows_where_inside_a_patch_the_shape_is(seed):
     """The square moved by 2 px inside its patch: the average-pooled frame (the old stem's input, and MFP's
     target) does not change, the patch stem's token does."""
     torch.manual_seed(seed)
-    patches = ScaleModel(tiny_config()).eval().embeddings["video"]
+    patches = trained_like(ScaleModel(tiny_config()).eval().embeddings["video"])
     pooled = ScaleModel(tiny_config(video_frame_encoder="pooled")).eval().embeddings["video"]
     first, second = moving_clip([1]), moving_clip([3])
     torch.testing.assert_close(pooled.frame_tokens(first), pooled.frame_tokens(second))
+    torch.testing.assert_close(video_frame_vectors(first, PATCH), video_frame_vectors(second, PATCH))
     with torch.no_grad():
-        assert relative_difference(patches.frame_tokens(first), patches.frame_tokens(second)) > 0.05
+        assert relative_difference(patch_part(patches, first), patch_part(patches, second)) > 0.05
+        assert not torch.allclose(patches.frame_tokens(first), patches.frame_tokens(second))
 
 
 @pytest.mark.parametrize("encoder", ["patches", "pooled"])
