@@ -243,3 +243,44 @@ def test_a_checkpoint_saved_before_the_option_loads_with_the_pooled_stem(tmp_pat
     reloaded, info = ScaleModel.from_pretrained(tmp_path / "new", output_loading_info=True)
     assert reloaded.config.video_frame_encoder == "patches"
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_motion_probe_reads_the_factor_and_scores_every_product_with_a_video(tmp_path_factory, capsys):
+    """train/video_motion_probe.py end to end on the converted tiny sample, with a saved tiny model."""
+    from tiny_m5product import converted_tiny_sample, tiny_demo_model_parts
+
+    from train import video_motion_probe
+
+    assert (
+        video_motion_probe.category_factor("toys/plush/red/left_to_right/high", "motion") == "left_to_right"
+    )
+    with pytest.raises(ValueError, match="group/material/colour/motion/pitch"):
+        video_motion_probe.category_factor("toys", "motion")
+
+    data_dir = converted_tiny_sample(tmp_path_factory)
+    items, label_names = video_motion_probe.products_with_video(str(data_dir))
+    motions = {video_motion_probe.category_factor(label_names[label], "motion") for label in items["label"]}
+    assert len(items) == len(set(items["item_id"])) > 4 and motions == {"left_to_right", "right_to_left"}
+    assert all(video is not None for video in items["video"])
+
+    processor, config = tiny_demo_model_parts()
+    model_dir = tmp_path_factory.mktemp("probe_model") / "tiny"
+    torch.manual_seed(0)
+    ScaleModel(config).save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    output = model_dir.parent / "rows.json"
+    video_motion_probe.main(
+        ["--data_dir", str(data_dir), "--model_dirs", str(model_dir), "--random_init", "--folds", "2"]
+        + ["--factors", "motion,colour", "--output_json", str(output)]
+    )
+    rows = json.loads(output.read_text())
+    assert [(row["model"], row["feature"], row["factor"]) for row in rows] == [
+        (name, feature, factor)
+        for name in ("tiny", "tiny (untrained)")
+        for feature in ("video", "fused")
+        for factor in ("motion", "colour")
+    ]
+    assert all(row["products"] == len(items) and 0 <= row["accuracy"] <= 100 for row in rows)
+    assert all(50 <= row["chance"] <= 100 and row["video_frame_encoder"] == "patches" for row in rows)
+    table = capsys.readouterr().out
+    assert "| tiny | patches | video | motion |" in table and "| tiny (untrained) |" in table
