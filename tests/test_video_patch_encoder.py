@@ -1,5 +1,5 @@
 """The video stem from pixels (`video_frame_encoder`): Conv2d patches pooled by a Linear over the patch grid
-("patches", default), or the average-pooled frame ("pooled", the stem of older checkpoints)."""
+("patches"), or the average-pooled frame ("pooled", the default: it reads the sample's motion as well)."""
 
 import json
 
@@ -29,6 +29,7 @@ def tiny_config(**overrides) -> ScaleConfig:
         video_feature_dim=20,
         max_video_frames=6,
         projection_dim=16,
+        video_frame_encoder="patches",
     )
     values.update(overrides)
     return ScaleConfig(**values)
@@ -63,9 +64,9 @@ def patch_part(video: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor:
     return video.frame_tokens(frames) - pooled
 
 
-def test_config_defaults_to_patches_and_validates_the_value():
-    assert ScaleConfig().video_frame_encoder == "patches"
-    assert tiny_config(video_frame_encoder="pooled").video_frame_encoder == "pooled"
+def test_config_defaults_to_pooled_and_validates_the_value():
+    assert ScaleConfig().video_frame_encoder == "pooled"
+    assert tiny_config().video_frame_encoder == "patches"
     with pytest.raises(ValueError, match="video_frame_encoder must be one of"):
         tiny_config(video_frame_encoder="mean")
 
@@ -281,6 +282,6 @@ def test_motion_probe_reads_the_factor_and_scores_every_product_with_a_video(tmp
         for factor in ("motion", "colour")
     ]
     assert all(row["products"] == len(items) and 0 <= row["accuracy"] <= 100 for row in rows)
-    assert all(50 <= row["chance"] <= 100 and row["video_frame_encoder"] == "patches" for row in rows)
+    assert all(50 <= row["chance"] <= 100 and row["video_frame_encoder"] == "pooled" for row in rows)
     table = capsys.readouterr().out
-    assert "| tiny | patches | video | motion |" in table and "| tiny (untrained) |" in table
+    assert "| tiny | pooled | video | motion |" in table and "| tiny (untrained) |" in table
