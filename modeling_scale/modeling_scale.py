@@ -1071,7 +1071,7 @@ class ScaleModel(ScalePreTrainedModel):
         absent = torch.zeros_like(features[given[0]])
         modality_embeds = torch.stack([features.get(name, absent) for name in MODALITIES], dim=1)
         alignment = alignment_scores(
-            modality_embeds, present, self.config.alignment, self.alignment_parameter
+            modality_embeds, present, self.config.alignment, self.alignment_parameter, self.config.temperature
         )
         return _ScaleEncoding(
             fused=fused,

@@ -59,6 +59,7 @@ def alignment_scores(
     modality_mask: torch.Tensor,
     mode: str = "feature",
     alignment_parameter: torch.Tensor | None = None,
+    temperature: float = 1.0,
 ) -> torch.Tensor:
     """The modality alignment matrix S of SIMCL, one (M, M) matrix per sample.
 
@@ -83,11 +84,13 @@ def alignment_scores(
             unweighted Eq. 2, when S scales the logits (each unit of weight lowers an anchor's Eq. 2 term by
             at most 2 / tau). `"embedding"` — the abstract's "importance of each modality learned directly
             from the modality embeddings", as the released code but bounded: the softmax of each sample's
-            cos(f_i, f_j) over its present pairs, and on the diagonal of each modality's mean cosine with the
-            sample's other modalities. It is computed from detached features, so the loss never rewards the
-            encoders for misaligning a pair to shrink its weight; a pair the encoders cannot align (a noisy
-            modality) falls behind the aligned ones, by a factor e per unit of cosine.
+            cos(f_i, f_j) / `temperature` over its present pairs, and on the diagonal of each modality's mean
+            cosine with the sample's other modalities. It is computed from detached features, so the loss
+            never rewards the encoders for misaligning a pair to shrink its weight; a pair the encoders cannot
+            align (a noisy modality) falls behind the aligned ones, by a factor e per `temperature` of cosine.
         alignment_parameter: (M, M) learnable scores, required for `"learned"` and `"bounded"`.
+        temperature: divides the cosines of `"embedding"` before its softmaxes (the model passes the InfoNCE
+            tau, the scale at which the loss reads the same cosines).
 
     Returns:
         (B, M, M) S in float32; rows and columns of missing modalities are zero, and a missing modality never
@@ -101,7 +104,8 @@ def alignment_scores(
             scores = scores.detach()
             others = pair_mask & ~torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)
             agreement = (scores * others).sum(-1) / others.sum(-1).clamp(min=1)
-            return _fixed_total_weights(scores.diagonal_scatter(agreement, dim1=1, dim2=2), modality_mask)
+            scores = scores.diagonal_scatter(agreement, dim1=1, dim2=2) / temperature
+            return _fixed_total_weights(scores, modality_mask)
         harmonised = scores * _masked_softmax(scores, pair_mask)
         return F.normalize(harmonised, dim=-1)
     if mode in ("learned", "bounded"):

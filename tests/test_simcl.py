@@ -222,6 +222,10 @@ def test_embedding_weights_follow_the_feature_agreement_without_gradient():
     # a sample with two modalities: one pair (weight 1), two modalities with the same agreement (1 each)
     torch.testing.assert_close(scores[1][[0, 2]][:, [0, 2]], torch.ones(2, 2))
     assert torch.all(scores[1, [1, 3, 4]] == 0) and torch.all(scores[1, :, [1, 3, 4]] == 0)
+    # the model reads the cosines at the InfoNCE temperature: a gap of tau in cosine is a factor e in weight
+    sharp = alignment_scores(embeds, mask, "embedding", temperature=TAU)
+    torch.testing.assert_close(sharp[0][upper], 10 * (cosine[upper] / TAU).softmax(0))
+    torch.testing.assert_close(sharp[0].diagonal(), 5 * (agreement / TAU).softmax(0))
 
 
 def _aligned_batch(
@@ -281,7 +285,8 @@ def test_a_pure_noise_modality_loses_weight_and_the_informative_pairs_do_not(mod
     def encode() -> tuple[torch.Tensor, torch.Tensor]:
         inputs = _aligned_batch(generator, batch=16, noise=(0.2,) * 4)
         embeds = torch.stack([encoder(inputs[:, m]) for m, encoder in enumerate(encoders)], dim=1)
-        return embeds, alignment_scores(embeds, mask, mode, parameter if mode == "bounded" else None)
+        parameter_or_none = parameter if mode == "bounded" else None
+        return embeds, alignment_scores(embeds, mask, mode, parameter_or_none, temperature=TAU)
 
     for _ in range(60):
         embeds, scores = encode()

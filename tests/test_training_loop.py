@@ -41,6 +41,7 @@ def test_parameter_groups_give_text_encoder_and_s_their_own_rates_and_skip_decay
         image_size=32,
         patch_size=16,
         projection_dim=8,
+        alignment="learned",
     )
     model = ScaleForPreTraining(config)
     groups = {group["name"]: group for group in parameter_groups(model, 1e-3, 0.1, 0.01, 30.0)}
@@ -58,6 +59,10 @@ def test_parameter_groups_give_text_encoder_and_s_their_own_rates_and_skip_decay
     assert all(p.ndim == 1 for p in groups["rest_no_decay"]["params"])
     total = sum(len(group["params"]) for group in groups.values())
     assert total == len([p for p in model.parameters() if p.requires_grad])
+    # the default S is read from the modality embeddings: nothing to train, no alignment group
+    config.alignment = "embedding"
+    default_groups = parameter_groups(ScaleForPreTraining(config), 1e-3, 0.1, 0.01)
+    assert {group["name"] for group in default_groups} == set(groups) - {"alignment"}
 
 
 def pretrain_command(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
