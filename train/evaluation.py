@@ -327,8 +327,10 @@ def format_tables(results: dict) -> str:
     sequence = [c for c in results["combinations"] if tuple(c) in TABLE3]
     if sequence:
         lines += [
-            "**Table 3** — adding modalities (coarse retrieval, pretrain / finetune features; "
-            "accuracy: fine-tuned classifier, or the linear probe when no fine-tuned model is given)",
+            "**Table 3** (one model, modalities left out) — modalities added at inference to one "
+            "five-modality model (the paper pretrains a model per modality set: `python -m train.ablation "
+            "--tables 3`); coarse retrieval, pretrain / finetune features; accuracy: fine-tuned "
+            "classifier, or the linear probe when no fine-tuned model is given",
             "",
             header.format("Modality"),
             rule,
