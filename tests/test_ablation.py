@@ -55,6 +55,18 @@ def test_shared_rows_train_once_and_slugs_tell_runs_apart():
     assert sum(row.run == DEFAULT for row in rows_of(args)) == 4
 
 
+def test_modalities_option_moves_tables_6_7_8_onto_a_subset_shared_with_table_3():
+    args = parse_args(["--tables", "3,6,7,8", "--modalities", "image, text,table"])
+    assert args.modalities == ("text", "table", "image")  # the canonical order, whatever the spelling
+    rows = rows_of(args)
+    assert all(row.run.modalities == row.evaluate_on == args.modalities for row in rows if row.table != "3")
+    plus_table = next(row.run for row in rows if row.label == "+Table")
+    assert sum(row.run == plus_table for row in rows) == 4  # Table 3's +Table row is 6, 7 and 8's default
+    assert {row.run.overrides for row in rows if row.table == "7"} == {"table_masking=token", ""}
+    with pytest.raises(SystemExit):
+        parse_args(["--modalities", "text,smell"])
+
+
 def test_rows_filter_keeps_the_named_rows_only():
     args = parse_args(["--tables", "6,noisy", "--rows", "neither; SIMCL"])
     assert [(row.table, row.label) for row in rows_of(args)] == [("6", "neither"), ("noisy", "SIMCL")]
