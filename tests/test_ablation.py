@@ -126,3 +126,19 @@ def test_noisy_alignment_table_lists_each_group(tmp_path, fake_runs, monkeypatch
     markdown = (tmp_path / "ablation.md").read_text()
     assert "| SIMCL, unrelated table | 7 | 0.60 ± 0.00 | 1.10 ± 0.00 |" in markdown
     assert "| no SIMCL, own table | 9 | 1.00 ± 0.00 | 1.00 ± 0.00 |" in markdown
+
+
+def test_run_config_overrides_join_the_rows_own(tmp_path, monkeypatch, capsys):
+    commands = []
+    monkeypatch.setattr(ablation.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    args = parse_args(["--tables", "noisy", "--config_overrides", "alignment=relative"])
+    rows = {row.label: row.run for row in rows_of(args)}
+    for run in rows.values():
+        ablation.run_one(run, 0, tmp_path / "data", tmp_path, args, threads=1)
+    pretrain = [command for command in commands if "train/pretrain.py" in command]
+    overrides = [command[command.index("--config_overrides") + 1] for command in pretrain]
+    assert [command.count("--config_overrides") for command in pretrain] == [1, 1]
+    assert overrides == ["alignment=relative,simcl_weighting=none", "alignment=relative"]
+    with pytest.raises(SystemExit):  # pretrain.py would keep only the last of two --config_overrides
+        parse_args(["--pretrain_args=--config_overrides video_frame_encoder=patches"])
+    assert "pass config overrides as --config_overrides (joined" in capsys.readouterr().err

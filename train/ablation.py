@@ -137,7 +137,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calibration_products", type=int, default=2048)
     parser.add_argument("--model_config", default="sample")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, each with cores / jobs threads")
-    parser.add_argument("--pretrain_args", default="", help="extra pretrain.py options for every run")
+    parser.add_argument(
+        "--config_overrides",
+        default="",
+        help="model config overrides for every run, joined with each row's own (e.g. alignment=relative)",
+    )
+    parser.add_argument(
+        "--pretrain_args",
+        default="",
+        help="extra pretrain.py options for every run (config overrides go in --config_overrides)",
+    )
     parser.add_argument(
         "--modalities",
         default=",".join(MODALITIES),
@@ -154,6 +163,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if unknown := sorted(set(chosen) - set(MODALITIES)) or not chosen:
         parser.error(f"--modalities: unknown {unknown or 'empty'}; choose among {', '.join(MODALITIES)}")
     args.modalities = tuple(m for m in MODALITIES if m in chosen)
+    if "--config_overrides" in args.pretrain_args.split():
+        parser.error("--pretrain_args: pass config overrides as --config_overrides (joined with each row's)")
     args.rows = None if args.rows is None else {label.strip() for label in args.rows.split(";")}
     return args
 
@@ -191,8 +202,8 @@ def run_one(run: Run, seed: int, data: Path, root: Path, args: argparse.Namespac
             "--num_workers", "0", "--resume_from_checkpoint", "latest", "--checkpointing_steps", "100",
             "--checkpoints_total_limit", "1", *run.pretrain_options, *args.pretrain_args.split(),
         ]  # fmt: skip
-        if run.overrides:
-            command += ["--config_overrides", run.overrides]
+        if overrides := ",".join(o for o in (args.config_overrides, run.overrides) if o):
+            command += ["--config_overrides", overrides]  # the row's own last: it wins on a shared key
         if args.max_steps:
             command += ["--max_steps", str(args.max_steps)]
         with open(log, "a") as handle:
