@@ -7,7 +7,7 @@ from transformers import PreTrainedConfig
 MODALITIES: tuple[str, ...] = ("text", "table", "image", "video", "audio")
 """Modality order used everywhere: `modality_mask[:, i]`, `alignment_scores[:, i, j]`, loss names."""
 
-ALIGNMENT_MODES = ("feature", "learned", "bounded", "embedding")
+ALIGNMENT_MODES = ("feature", "learned", "bounded", "embedding", "relative")
 CONTRASTIVE_DENOMINATORS = ("negatives", "all")
 CONTRASTIVE_REDUCTIONS = ("mean", "sum")
 SIMCL_WEIGHTINGS = ("both", "contrastive", "masked", "none")
@@ -69,6 +69,10 @@ class ScaleConfig(PreTrainedConfig):
             S <- k * S * softmax(S) over the k present modalities, initialised at ones so every term starts
             with weight 1 (the paper's zero initialisation would multiply every logit by 0); nothing bounds
             it: it scales the logits of aligned pairs up without limit and switches unaligned ones off.
+            `"relative"`: the same normalisation over how many standard deviations each sample's cosine
+            between two modalities stands above that pair's cosines with the batch's other products, so a
+            level every product's pair shares (which `"embedding"` follows) cancels and only the pairs that
+            do not tell the product from the others lose weight (an unrelated table, a noise modality).
             `"feature"` (the authors' released code, per sample): the cosine similarities of the pre-JCT
             modality features, S <- S * softmax(S), rows L2-normalised; freshly initialised encoders give
             cross-modal cosines near 0, hence S near the identity and contrastive logits scaled by near 0, so

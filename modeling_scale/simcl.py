@@ -3,8 +3,8 @@
 Everything that couples modalities *through the loss* lives here, batched and free of host-device syncs:
 
 - `alignment_scores` builds S (B, M, M) per sample, in the released code's "feature" mode, the paper's
-  "learned" mode, or one of two bounded modes ("bounded", "embedding") whose weights average 1, with missing
-  modalities excluded before the softmax and their rows/columns zeroed.
+  "learned" mode, or one of three bounded modes ("bounded", "embedding", "relative") whose weights average
+  1, with missing modalities excluded before the softmax and their rows/columns zeroed.
 - `pairwise_contrastive_loss` is the paper's Eq. 2 (denominator = the 2(N-1) cross-modal negatives only) or
   the standard symmetric InfoNCE, optionally with each sample's logits (Eq. 3's letter) or loss scaled by
   S[i, j].
@@ -54,6 +54,24 @@ def _fixed_total_weights(scores: torch.Tensor, modality_mask: torch.Tensor) -> t
     return pair_weights + pair_weights.transpose(1, 2) + torch.diag_embed(modality_weights)
 
 
+def _batch_relative_agreement(features: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
+    """(B, M, P) L2-normalised features -> (B, M, M): how many standard deviations a sample's cosine between
+    its modalities i and j stands above the cosines of its modality i with the batch's other products'
+    modality j (averaged with the j-to-i direction): the confidence with which the pair tells its own product
+    from the others, free of the cosine level the pair has for every product. 0 where fewer than two other
+    products have the modality. The batch is this process's: S stays a per-process quantity."""
+    present = modality_mask.bool().T  # (M, B)
+    cosines = torch.einsum("bip,kjp->ijbk", features, features)  # (M, M, B, B)
+    others = ~torch.eye(features.shape[0], dtype=torch.bool, device=features.device)
+    negatives = present[:, None, :, None] & present[None, :, None, :] & others
+    count = negatives.sum(-1)
+    mean = (cosines * negatives).sum(-1) / count.clamp(min=1)
+    spread = ((cosines - mean[..., None]).square() * negatives).sum(-1) / count.clamp(min=1)
+    relative = (cosines.diagonal(dim1=2, dim2=3) - mean) / spread.sqrt().clamp(min=1e-6)
+    relative = relative.masked_fill(count < 2, 0.0)
+    return (0.5 * (relative + relative.transpose(0, 1))).permute(2, 0, 1)
+
+
 def alignment_scores(
     modality_embeds: torch.Tensor,
     modality_mask: torch.Tensor,
@@ -88,6 +106,12 @@ def alignment_scores(
             cosine with the sample's other modalities. It is computed from detached features, so the loss
             never rewards the encoders for misaligning a pair to shrink its weight; a pair the encoders cannot
             align (a noisy modality) falls behind the aligned ones, by a factor e per `temperature` of cosine.
+            `"relative"` — the same softmaxes over how many standard deviations each sample's cosine between
+            two modalities stands above that modality pair's cosines with the batch's other products (no
+            temperature: the unit is the spread). Cosines carry a level shared by every product of a pair
+            (on the noisy sample, caption-table pairs sat higher than caption-photo ones for every listing),
+            which the embedding S follows; the relative score cancels it, so the weight moves away from the
+            pairs that do not tell this product from the others: an unrelated table, a modality that is noise.
         alignment_parameter: (M, M) learnable scores, required for `"learned"` and `"bounded"`.
         temperature: divides the cosines of `"embedding"` before its softmaxes (the model passes the InfoNCE
             tau, the scale at which the loss reads the same cosines).
@@ -97,14 +121,17 @@ def alignment_scores(
         enters another modality's softmax.
     """
     pair_mask = modality_mask.bool()[:, :, None] & modality_mask.bool()[:, None, :]
-    if mode in ("feature", "embedding"):
+    if mode in ("feature", "embedding", "relative"):
         features = F.normalize(modality_embeds.float(), dim=-1)
         scores = features @ features.transpose(1, 2)
-        if mode == "embedding":
-            scores = scores.detach()
+        if mode in ("embedding", "relative"):
+            if mode == "relative":
+                scores = _batch_relative_agreement(features.detach(), modality_mask)
+            else:
+                scores = scores.detach() / temperature
             others = pair_mask & ~torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)
             agreement = (scores * others).sum(-1) / others.sum(-1).clamp(min=1)
-            scores = scores.diagonal_scatter(agreement, dim1=1, dim2=2) / temperature
+            scores = scores.diagonal_scatter(agreement, dim1=1, dim2=2)
             return _fixed_total_weights(scores, modality_mask)
         harmonised = scores * _masked_softmax(scores, pair_mask)
         return F.normalize(harmonised, dim=-1)
