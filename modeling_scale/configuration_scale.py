@@ -55,28 +55,28 @@ class ScaleConfig(PreTrainedConfig):
         audio_subsampling: the audio stem embeds non-overlapping groups of this many frames (a Linear on the
             flattened group, i.e. a Conv1d with kernel = stride), so that 750 frames become 188 tokens.
         projection_dim: size of the per-modality contrastive features (`product_embeds` keep `hidden_size`).
-        alignment: how SIMCL's modality alignment matrix S is obtained. `"embedding"` (default; the
-            abstract's "importance of each modality learned directly from the modality embeddings"): from how
-            well each sample's modality features agree (cosines, detached, divided by `temperature` as the
-            loss reads them: at 1 the 0.05-0.17 cosines of 4 pretraining epochs left every weight within 5 %
-            of 1), through a softmax over the sample's present pairs and, on the diagonal, over its present
-            modalities, times their number, so
-            the weights are >= 0 and average 1: S can neither scale every term up nor switch every term off,
-            the loss never rewards the encoders for misaligning a pair to shrink its weight, and a pair the
-            encoders cannot align (an unreliable modality) falls behind the aligned ones. `"bounded"`: a free
-            5x5 parameter through the same normalisation (still trained on the loss it weights, so it moves
-            weight towards the lowest-loss terms). `"learned"` (the paper's text): a free 5x5 parameter,
-            S <- k * S * softmax(S) over the k present modalities, initialised at ones so every term starts
-            with weight 1 (the paper's zero initialisation would multiply every logit by 0); nothing bounds
-            it: it scales the logits of aligned pairs up without limit and switches unaligned ones off.
-            `"relative"`: the same normalisation over how many standard deviations each sample's cosine
-            between two modalities stands above that pair's cosines with the batch's other products, so a
-            level every product's pair shares (which `"embedding"` follows) cancels and only the pairs that
-            do not tell the product from the others lose weight (an unrelated table, a noise modality).
-            `"feature"` (the authors' released code, per sample): the cosine similarities of the pre-JCT
-            modality features, S <- S * softmax(S), rows L2-normalised; freshly initialised encoders give
-            cross-modal cosines near 0, hence S near the identity and contrastive logits scaled by near 0, so
-            the contrastive loss cannot leave chance.
+        alignment: how SIMCL's modality alignment matrix S is obtained. The three bounded modes put scores
+            through a softmax over the sample's present pairs and, on the diagonal, over its present
+            modalities, times their number, so the weights are >= 0 and average 1: S can neither scale every
+            term up nor switch every term off. `"relative"` (default; the abstract's "importance of each
+            modality learned directly from the modality embeddings"): the score of a pair is how many
+            standard deviations the sample's cosine between the two modality features stands above their
+            cosines with the batch's other products (detached, so the loss never rewards the encoders for
+            misaligning a pair to shrink its weight). A level every product's pair shares cancels, so the
+            pairs that do not tell the product from the others lose weight (on a sample where half of the
+            tables are another product's: 0.85 of weight against 1.10 for the listings' own); S is a property
+            of a batch, and a product alone gets uniform weights. `"embedding"`: the cosines themselves,
+            divided by `temperature` (at 1 the 0.05-0.17 cosines of 4 pretraining epochs left every weight
+            within 5 % of 1); they follow the shared level (unrelated tables 1.25, own 1.35-1.39 on that
+            sample). `"bounded"`: a free 5x5 parameter through the same normalisation (still trained on the
+            loss it weights, so it moves weight towards the lowest-loss terms). `"learned"` (the paper's
+            text): a free 5x5 parameter, S <- k * S * softmax(S) over the k present modalities, initialised at
+            ones so every term starts with weight 1 (the paper's zero initialisation would multiply every
+            logit by 0); nothing bounds it: it scales the logits of aligned pairs up without limit and
+            switches unaligned ones off. `"feature"` (the authors' released code, per sample): the cosine
+            similarities of the pre-JCT modality features, S <- S * softmax(S), rows L2-normalised; freshly
+            initialised encoders give cross-modal cosines near 0, hence S near the identity and contrastive
+            logits scaled by near 0, so the contrastive loss cannot leave chance.
         temperature: InfoNCE temperature tau.
         contrastive_denominator: `"negatives"` is the paper's Eq. 2 (only the 2(N-1) cross-modal negatives in
             the denominator); `"all"` is the standard symmetric InfoNCE (as CLIP), whose softmax keeps the
@@ -153,7 +153,7 @@ class ScaleConfig(PreTrainedConfig):
         max_audio_frames: int = 750,
         audio_subsampling: int = 4,
         projection_dim: int = 256,
-        alignment: str = "embedding",
+        alignment: str = "relative",
         temperature: float = 0.07,
         contrastive_denominator: str = "negatives",
         use_simcl: bool = True,

@@ -218,7 +218,7 @@ def test_paper_defaults():
     config = ScaleConfig()
     assert (config.hidden_size, config.num_encoder_layers, config.num_fusion_layers) == (768, 6, 6)
     assert (config.max_text_length, config.max_table_length, config.temperature) == (36, 64, 0.07)
-    assert config.alignment == "embedding" and config.contrastive_denominator == "negatives"
+    assert config.alignment == "relative" and config.contrastive_denominator == "negatives"
     assert (config.use_simcl, config.simcl_weighting, config.simcl_weight_reading) == (True, "both", "loss")
     assert config.contrastive_reduction == "mean"
 
@@ -264,6 +264,7 @@ def test_model_output_shapes(config, image, video):
         ("features", "features", "feature"),
         ("features", "features", "bounded"),
         ("features", "features", "embedding"),
+        ("features", "features", "relative"),
     ],
 )
 def test_masked_out_values_change_no_output(config, image, video, alignment):
@@ -393,6 +394,7 @@ def test_regression_loss_is_the_mse_on_masked_present_tokens(config):
         {},
         {"alignment": "bounded", "simcl_weight_reading": "loss", "contrastive_reduction": "sum"},
         {"alignment": "embedding", "simcl_weighting": "masked", "simcl_weight_reading": "loss"},
+        {"alignment": "relative", "simcl_weight_reading": "logits"},
     ],
 )
 def test_forward_and_backward_need_no_data_dependent_host_sync(config, image, video, overrides):

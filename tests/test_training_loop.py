@@ -60,7 +60,7 @@ def test_parameter_groups_give_text_encoder_and_s_their_own_rates_and_skip_decay
     total = sum(len(group["params"]) for group in groups.values())
     assert total == len([p for p in model.parameters() if p.requires_grad])
     # the default S is read from the modality embeddings: nothing to train, no alignment group
-    config.alignment = "embedding"
+    config.alignment = type(config)().alignment
     default_groups = parameter_groups(ScaleForPreTraining(config), 1e-3, 0.1, 0.01)
     assert {group["name"] for group in default_groups} == set(groups) - {"alignment"}
 
