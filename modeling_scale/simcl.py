@@ -121,20 +121,21 @@ def alignment_scores(
         enters another modality's softmax.
     """
     pair_mask = modality_mask.bool()[:, :, None] & modality_mask.bool()[:, None, :]
-    if mode in ("feature", "embedding", "relative"):
+    if mode == "feature":
         features = F.normalize(modality_embeds.float(), dim=-1)
         scores = features @ features.transpose(1, 2)
-        if mode in ("embedding", "relative"):
-            if mode == "relative":
-                scores = _batch_relative_agreement(features.detach(), modality_mask)
-            else:
-                scores = scores.detach() / temperature
-            others = pair_mask & ~torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)
-            agreement = (scores * others).sum(-1) / others.sum(-1).clamp(min=1)
-            scores = scores.diagonal_scatter(agreement, dim1=1, dim2=2)
-            return _fixed_total_weights(scores, modality_mask)
         harmonised = scores * _masked_softmax(scores, pair_mask)
         return F.normalize(harmonised, dim=-1)
+    if mode in ("embedding", "relative"):
+        features = F.normalize(modality_embeds.detach().float(), dim=-1)
+        if mode == "relative":
+            scores = _batch_relative_agreement(features, modality_mask)
+        else:
+            scores = features @ features.transpose(1, 2) / temperature
+        others = pair_mask & ~torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)
+        agreement = (scores * others).sum(-1) / others.sum(-1).clamp(min=1)
+        scores = scores.diagonal_scatter(agreement, dim1=1, dim2=2)
+        return _fixed_total_weights(scores, modality_mask)
     if mode in ("learned", "bounded"):
         if alignment_parameter is None:
             raise ValueError(f'alignment mode "{mode}" needs the (M, M) alignment_parameter')
