@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from train import ablation
@@ -40,9 +41,12 @@ def test_each_table_varies_one_setting_against_the_shared_default():
     eight = {row.label: row.run for row in table_rows("8", "paper")}
     assert eight["T/Tab"] == DEFAULT and eight["T+Tab"].pretrain_options == ("--table_in_caption",)
     noisy = {row.label: row.run for row in table_rows("noisy", "paper")}
-    assert {run.data for run in noisy.values()} == {"noisy"}
+    assert {run.data for run in noisy.values()} == {"noisy_table"}
     assert {run.modalities for run in noisy.values()} == {("text", "table", "image")}
     assert noisy["no SIMCL"].overrides == "simcl_weighting=none" and noisy["SIMCL"].overrides == ""
+    noisy_audio = {row.run for row in table_rows("noisy", "paper", noisy_modality="audio")}
+    assert {run.data for run in noisy_audio} == {"noisy_audio"}  # its own sample, so its own runs
+    assert {run.modalities for run in noisy_audio} == {("text", "table", "image", "audio")}
     with pytest.raises(ValueError, match="unknown table '9'"):
         table_rows("9", "paper")
 
@@ -112,20 +116,58 @@ def test_main_trains_each_recipe_and_seed_once_and_reports_mean_and_std(tmp_path
     assert "one model pretrained per modality set" in markdown and "| IMCL + PRE | 51.00 ± 1.00 |" in markdown
 
 
-def test_noisy_alignment_table_lists_each_group(tmp_path, fake_runs, monkeypatch):
-    def noisy_alignment(model_dir, data_dir, raw_dir, modalities):
-        assert modalities == ("text", "table", "image")
+def test_noisy_tables_list_the_weights_of_each_group_and_the_retrieval_ceilings(
+    tmp_path, fake_runs, monkeypatch
+):
+    calls = []
+
+    def noisy_diagnostics(model_dir, data_dir, raw_dir, modalities, noisy_modality):
+        calls.append((data_dir.name, raw_dir.name, modalities, noisy_modality))
         unrelated = 1.0 if "simcl_weighting_none" in str(model_dir) else 0.6
         return {
-            "unrelated": {"pairs with table": unrelated, "other pairs": 1.1, "listings": 7},
-            "own": {"pairs with table": 1.0, "other pairs": 1.0, "listings": 9},
+            "unrelated": {"pairs with noisy": unrelated, "other pairs": 1.1, "listings": 7},
+            "own": {"pairs with noisy": 1.0, "other pairs": 1.0, "listings": 9},
+            "oracle": {"mAP@1": 40.0, "mAP@10": 41.0, "Prec@10": 30.0},
+            "left out": {"mAP@1": 20.0, "mAP@10": 21.0, "Prec@10": 10.0},
         }
 
-    monkeypatch.setattr(ablation, "noisy_alignment", noisy_alignment)
-    ablation.main(["--output_root", str(tmp_path), "--tables", "noisy", "--seeds", "0,1"])
+    monkeypatch.setattr(ablation, "noisy_diagnostics", noisy_diagnostics)
+    argv = [
+        "--output_root",
+        str(tmp_path),
+        "--tables",
+        "noisy",
+        "--seeds",
+        "0,1",
+        "--noisy_modality",
+        "image",
+    ]
+    ablation.main(argv)
+    assert set(calls) == {("noisy_image", "sample_noisy_image_raw", ("text", "table", "image"), "image")}
     markdown = (tmp_path / "ablation.md").read_text()
-    assert "| SIMCL, unrelated table | 7 | 0.60 ± 0.00 | 1.10 ± 0.00 |" in markdown
-    assert "| no SIMCL, own table | 9 | 1.00 ± 0.00 | 1.00 ± 0.00 |" in markdown
+    assert "**Noisy image (half of the listings show another product's) — retrieval**" in markdown
+    assert "| SIMCL, unrelated image | 7 | 0.60 ± 0.00 | 1.10 ± 0.00 |" in markdown
+    assert "| no SIMCL, own image | 9 | 1.00 ± 0.00 | 1.00 ± 0.00 |" in markdown
+    assert "| SIMCL | oracle | 40.00 ± 0.00 | 41.00 ± 0.00 | 30.00 ± 0.00 |" in markdown
+    assert "| no SIMCL | left out | 20.00 ± 0.00 | 21.00 ± 0.00 | 10.00 ± 0.00 |" in markdown
+    # the row as trained repeats its retrieval columns (fake scores: 3 modalities x 10 + seed + 0.5 / 0.0)
+    assert "| no SIMCL | all (as above) | 31.00 ± 0.71 | 33.00 ± 0.71 | 36.00 ± 0.71 |" in markdown
+
+
+def test_retrieval_ceilings_leave_the_noisy_modality_out_of_exactly_the_flagged_listings():
+    # queries q0 (label a), q1 (label b); gallery g0 (a), g1 (b). q0's noisy modality points it at b; without
+    # it, it points at a. g1 is also noisy, but its embedding without the modality points at a.
+    a, b = [1.0, 0.0], [0.0, 1.0]
+    embeds = np.array([b, b, a, b])
+    without = np.array([a, b, a, a])
+    ids, labels = ["q0", "q1", "g0", "g1"], ["a", "b", "a", "b"]
+    oracle_only_q0 = ablation.retrieval_ceilings(
+        embeds, without, np.array([1, 0, 0, 0], bool), ids, labels, 2
+    )
+    assert oracle_only_q0["oracle"]["mAP@1"] == 100.0  # q0 now finds g0, q1 still finds g1
+    assert oracle_only_q0["left out"]["mAP@1"] == 50.0  # every listing without it: g1 moves to a, q1 misses
+    as_trained = ablation.retrieval_ceilings(embeds, without, np.zeros(4, bool), ids, labels, 2)
+    assert as_trained["oracle"]["mAP@1"] == 50.0  # nothing flagged: the embeddings as trained, q0 misses
 
 
 def test_run_config_overrides_join_the_rows_own(tmp_path, monkeypatch, capsys):

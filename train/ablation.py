@@ -12,10 +12,12 @@
   text encoder alone (T+Tab).
 - `--modalities text,table,image` pretrains and scores Tables 6, 7 and 8 on those modalities instead of all
   five (a third of the CPU time; every pair the table's rows change is kept).
-- noisy: on a sample whose table shows another product's for half of the listings
-  (`generate_sample --noisy_modality table --noisy_fraction 0.5`), pretraining without and with SIMCL's
-  weights; besides retrieval it reports S's mean weight of each pair for the listings whose table is
-  unrelated and for the others.
+- noisy: on a sample whose `--noisy_modality` (default: the table) shows another product's for half of the
+  listings (`generate_sample --noisy_modality table --noisy_fraction 0.5`), pretraining without and with
+  SIMCL's weights; besides retrieval it reports S's mean weight of each pair for the listings whose noisy
+  modality is unrelated and for the others, and the ceiling of any weighting at retrieval: the same models
+  scored with the noisy modality left out for exactly the listings where it is unrelated (an oracle), and for
+  every listing.
 
 Every row is scored on the pretrained features like `evaluation.py` (coarse retrieval mAP@k / Prec@k, linear
 probe accuracy for the classification column; the paper's accuracy is after fine-tuning, which the ablation
@@ -44,7 +46,6 @@ MODALITIES = ("text", "table", "image", "video", "audio")
 TABLE3_ORDER = ("text", "image", "table", "video", "audio")
 """The paper's Table 3 adds modalities in this order."""
 METRICS = ("mAP@1", "mAP@5", "mAP@10", "Prec@1", "Prec@5", "Prec@10")
-NOISY_MODALITY = "table"
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,11 @@ class Row:
 DEFAULT = Run()
 
 
-def table_rows(table: str, protocol: str, modalities: tuple[str, ...] = MODALITIES) -> list[Row]:
-    """The rows of one table, in the paper's order; Tables 6, 7 and 8 pretrain and score on `modalities`."""
+def table_rows(
+    table: str, protocol: str, modalities: tuple[str, ...] = MODALITIES, noisy_modality: str = "table"
+) -> list[Row]:
+    """The rows of one table, in the paper's order; Tables 6, 7 and 8 pretrain and score on `modalities`,
+    the noisy rows on caption, table, image and `noisy_modality`."""
     base = Run(modalities=modalities)
     if table == "3":
         rows = []
@@ -109,11 +113,12 @@ def table_rows(table: str, protocol: str, modalities: tuple[str, ...] = MODALITI
             Row("8", "T+Tab", replace(base, pretrain_options=("--table_in_caption",)), modalities),
             Row("8", "T/Tab", base, modalities),
         ]
-    if table == "noisy":  # caption, table and image: what most listings have, so most have the table's pairs
-        modalities = ("text", "table", "image")
+    if table == "noisy":  # caption, table and image: what most listings have, so most have every pair
+        modalities = tuple(m for m in MODALITIES if m in ("text", "table", "image", noisy_modality))
+        data = f"noisy_{noisy_modality}"
         return [
-            Row("noisy", "no SIMCL", Run("noisy", modalities, "simcl_weighting=none"), modalities),
-            Row("noisy", "SIMCL", Run("noisy", modalities), modalities),
+            Row("noisy", "no SIMCL", Run(data, modalities, "simcl_weighting=none"), modalities),
+            Row("noisy", "SIMCL", Run(data, modalities), modalities),
         ]
     raise ValueError(f"unknown table {table!r}; choose among 3, 6, 7, 8, noisy")
 
@@ -154,6 +159,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "the CPU time and keeps every pair the table's rows change)",
     )
     parser.add_argument(
+        "--noisy_modality",
+        default="table",
+        choices=MODALITIES,
+        help="the modality the noisy setting makes unrelated for half of the listings that have it",
+    )
+    parser.add_argument(
         "--rows", default=None, help="only these rows, ';'-separated labels (e.g. 'neither;SIMCL')"
     )
     args = parser.parse_args(argv)
@@ -170,13 +181,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def prepare_data(root: Path, kind: str, size: str) -> Path:
-    """Generate and convert the sample (`kind` "noisy": the table unrelated for half of the listings)."""
+    """Generate and convert the sample (`kind` "noisy_<modality>": that modality unrelated for half of the
+    listings that have it)."""
     raw, data = root / f"sample_{kind}_raw", root / f"m5product_{kind}"
     python = sys.executable
     if not (raw / "sample_info.json").exists():
         command = [python, "-m", "dataset_script.generate_sample", str(raw), "--size", size, "--seed", "0"]
-        if kind == "noisy":
-            command += ["--noisy_modality", NOISY_MODALITY, "--noisy_fraction", "0.5"]
+        if kind.startswith("noisy_"):
+            command += ["--noisy_modality", kind.removeprefix("noisy_"), "--noisy_fraction", "0.5"]
         subprocess.run(command, check=True, cwd=REPO_ROOT)
     if not (data / "_conversion" / "summary.json").exists():
         command = [python, "-m", "dataset_script.convert_datatrove", str(raw), str(data), "--workers", "1"]
@@ -228,7 +240,9 @@ def run_one(run: Run, seed: int, data: Path, root: Path, args: argparse.Namespac
 def rows_of(args: argparse.Namespace, tables: Sequence[str] | None = None) -> list[Row]:
     """The rows to run, of `tables` (default: all chosen), filtered by `--rows`."""
     rows = [
-        row for table in tables or args.tables for row in table_rows(table, args.protocol, args.modalities)
+        row
+        for table in tables or args.tables
+        for row in table_rows(table, args.protocol, args.modalities, args.noisy_modality)
     ]
     return [row for row in rows if args.rows is None or row.label in args.rows]
 
@@ -241,12 +255,43 @@ def row_scores(results: dict, modalities: Sequence[str]) -> dict[str, float]:
     return {"Accuracy": entry["linear_probe_accuracy"], **{m: entry["coarse"][m] for m in METRICS}}
 
 
-def noisy_alignment(
-    model_dir: Path, data_dir: Path, raw_dir: Path, modalities: Sequence[str]
+RETRIEVAL_COLUMNS = ("mAP@1", "mAP@10", "Prec@10")
+"""The columns of the noisy setting's retrieval ceilings."""
+
+
+def retrieval_ceilings(
+    embeds: np.ndarray,
+    embeds_without: np.ndarray,
+    unrelated: np.ndarray,
+    item_ids: Sequence[str],
+    labels: Sequence,
+    num_queries: int,
 ) -> dict[str, dict[str, float]]:
-    """S's mean weight of every pair holding the noisy modality, and of every other pair, over the coarse
-    pool's listings embedded from `modalities` that have both of the pair's, for the listings whose noisy
-    modality is unrelated and for the others."""
+    """Coarse retrieval (the first `num_queries` rows against the rest) when the listings flagged `unrelated`
+    are embedded without the noisy modality (`oracle`) and when every listing is (`left out`)."""
+    from train.metrics import retrieval_metrics
+
+    oracle = np.where(np.asarray(unrelated)[:, None], embeds_without, embeds)
+    ceilings = {}
+    for name, chosen in (("oracle", oracle), ("left out", embeds_without)):
+        metrics = retrieval_metrics(
+            chosen[:num_queries], labels[:num_queries], chosen[num_queries:], labels[num_queries:],
+            query_ids=item_ids[:num_queries], gallery_ids=item_ids[num_queries:],
+        )  # fmt: skip
+        ceilings[name] = {column: metrics[column] for column in RETRIEVAL_COLUMNS}
+    return ceilings
+
+
+def noisy_diagnostics(
+    model_dir: Path, data_dir: Path, raw_dir: Path, modalities: Sequence[str], noisy_modality: str
+) -> dict[str, dict[str, float]]:
+    """What the weights do and what any weighting could gain, over the coarse pool embedded from `modalities`.
+
+    `unrelated` / `own`: S's mean weight of every pair holding `noisy_modality`, and of every other pair, over
+    the listings that have both of the pair's, for the listings whose noisy modality is unrelated and for the
+    others. `oracle` / `left out`: coarse retrieval when the noisy modality is left out of exactly the
+    listings where it is unrelated (what a perfect weighting of the fused embedding would reach) and of every
+    listing."""
     import torch
     from datasets import concatenate_datasets
 
@@ -255,18 +300,19 @@ def noisy_alignment(
     from train.embeddings import extract_embeddings
 
     noisy_ids = set(json.loads((raw_dir / "sample_info.json").read_text())["noisy_items"])
-    items = concatenate_datasets(
-        [load_split(str(data_dir), "retrieval_coarse", s) for s in ("query", "gallery")]
-    )
+    query, gallery = (load_split(str(data_dir), "retrieval_coarse", s) for s in ("query", "gallery"))
+    items = concatenate_datasets([query, gallery])
     model = ScaleModel.from_pretrained(model_dir).eval()
     processor = ScaleProcessor.from_pretrained(model_dir)
-    result = extract_embeddings(
-        model, processor, items, modalities, batch_size=64, device=torch.device("cpu")
-    )
+    embedded = {
+        name: extract_embeddings(model, processor, items, chosen, batch_size=64, device=torch.device("cpu"))
+        for name, chosen in (("all", modalities), ("without", [m for m in modalities if m != noisy_modality]))
+    }
+    result = embedded["all"]
     scores, present = result["alignment_scores"], result["modality_mask"].astype(bool)
     unrelated = np.array([item_id in noisy_ids for item_id in result["item_ids"]])
-    noisy = MODALITIES.index(NOISY_MODALITY)
-    summary = {}
+    noisy = MODALITIES.index(noisy_modality)
+    summary: dict[str, dict[str, float]] = {}
     for group, rows in (("unrelated", unrelated), ("own", ~unrelated & present[:, noisy])):
         with_noisy, without = [], []
         for i in range(len(MODALITIES)):
@@ -275,12 +321,20 @@ def noisy_alignment(
                 if both.any():
                     (with_noisy if noisy in (i, j) else without).append(scores[both, i, j])
         summary[group] = {
-            f"pairs with {NOISY_MODALITY}": float(np.concatenate(with_noisy).mean())
-            if with_noisy
-            else np.nan,
+            "pairs with noisy": float(np.concatenate(with_noisy).mean()) if with_noisy else np.nan,
             "other pairs": float(np.concatenate(without).mean()) if without else np.nan,
             "listings": int(rows.sum()),
         }
+    summary.update(
+        retrieval_ceilings(
+            result["product_embeds"],
+            embedded["without"]["product_embeds"],
+            unrelated,
+            result["item_ids"],
+            [*query["label"], *gallery["label"]],
+            len(query),
+        )
+    )
     return summary
 
 
@@ -293,11 +347,11 @@ TITLES = {
     "6": "Table 6 — SIMCL's S on the contrastive pairs (IMCL) and on the masked tasks (PRE)",
     "7": "Table 7 — the table's masked task: single word pieces (MLM) or whole entities (MEM)",
     "8": "Table 8 — caption and table stacked in one encoder (T+Tab) or in their own (T/Tab)",
-    "noisy": f"Noisy {NOISY_MODALITY} (half of the listings show another product's) — retrieval",
+    "noisy": "Noisy {modality} (half of the listings show another product's) — retrieval",
 }
 
 
-def format_tables(scores: dict, args: argparse.Namespace, alignment: dict) -> str:
+def format_tables(scores: dict, args: argparse.Namespace, noisy: dict) -> str:
     seeds = ", ".join(map(str, args.seeds))
     protocol = {
         "paper": "one model pretrained per modality set",
@@ -308,7 +362,8 @@ def format_tables(scores: dict, args: argparse.Namespace, alignment: dict) -> st
         "Accuracy = linear probe; mAP / Prec = coarse retrieval.",
     ]
     for table in args.tables:
-        title = TITLES[table] + (f" ({protocol[args.protocol]})" if table == "3" else "")
+        title = TITLES[table].format(modality=args.noisy_modality)
+        title += f" ({protocol[args.protocol]})" if table == "3" else ""
         if table in ("6", "7", "8") and args.modalities != MODALITIES:
             title += f" (pretrained and scored on {', '.join(args.modalities)})"
         lines += ["", f"**{title}**", "", "| row | Accuracy | " + " | ".join(METRICS) + " |"]
@@ -318,19 +373,36 @@ def format_tables(scores: dict, args: argparse.Namespace, alignment: dict) -> st
             lines.append(
                 f"| {row.label} | " + " | ".join(mean_std(cells[c]) for c in ("Accuracy", *METRICS)) + " |"
             )
-    if alignment:
+    if noisy:
+        modality = args.noisy_modality
+        lines += ["", f"**Noisy {modality} — S's mean pair weight** (coarse pool, mean ± std over seeds)", ""]
+        lines += [f"| row | listings | pairs with {modality} | other pairs |", "|---|---|---|---|"]
+        for label, groups in noisy.items():
+            for group in ("unrelated", "own"):
+                values = groups[group]
+                cells = [mean_std(values["pairs with noisy"]), mean_std(values["other pairs"])]
+                lines.append(
+                    f"| {label}, {group} {modality} | {values['listings'][0]} | " + " | ".join(cells) + " |"
+                )
         lines += [
             "",
-            f"**Noisy {NOISY_MODALITY} — S's mean pair weight** (coarse pool, mean ± std over seeds)",
+            f"**Noisy {modality} — the ceiling of any weighting at retrieval**: the same models scored with "
+            f"the {modality} left out of exactly the listings where it is unrelated (oracle), and of every "
+            "listing",
             "",
+            "| row | scored on | " + " | ".join(RETRIEVAL_COLUMNS) + " |",
+            "|---|---" + "|---" * len(RETRIEVAL_COLUMNS) + "|",
         ]
-        lines += [f"| row | listings | pairs with {NOISY_MODALITY} | other pairs |", "|---|---|---|---|"]
-        for label, groups in alignment.items():
-            for group, values in groups.items():
-                cells = [mean_std(values[f"pairs with {NOISY_MODALITY}"]), mean_std(values["other pairs"])]
+        for label, groups in noisy.items():
+            trained = scores["noisy"][label]
+            for name, cells in (
+                ("all (as above)", trained),
+                ("oracle", groups["oracle"]),
+                ("left out", groups["left out"]),
+            ):
                 lines.append(
-                    f"| {label}, {group} {NOISY_MODALITY} | {values['listings'][0]} | "
-                    + " | ".join(cells)
+                    f"| {label} | {name} | "
+                    + " | ".join(mean_std(cells[c]) for c in RETRIEVAL_COLUMNS)
                     + " |"
                 )
     return "\n".join(lines) + "\n"
@@ -355,25 +427,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     for row in rows:
         per_seed = [row_scores(results[row.run, seed], row.evaluate_on) for seed in args.seeds]
         scores.setdefault(row.table, {})[row.label] = {k: [s[k] for s in per_seed] for k in per_seed[0]}
-    alignment: dict = {}
+    noisy: dict = {}
     for row in (row for row in rows if row.table == "noisy"):
         per_seed = [
-            noisy_alignment(
+            noisy_diagnostics(
                 root / "runs" / f"{row.run.slug}__seed{seed}" / "pretrain",
-                data["noisy"],
-                root / "sample_noisy_raw",
+                data[row.run.data],
+                root / f"sample_{row.run.data}_raw",
                 row.evaluate_on,
+                args.noisy_modality,
             )
             for seed in args.seeds
         ]
-        alignment[row.label] = {
+        noisy[row.label] = {
             group: {key: [s[group][key] for s in per_seed] for key in per_seed[0][group]}
             for group in per_seed[0]
         }
-    markdown = format_tables(scores, args, alignment)
+    markdown = format_tables(scores, args, noisy)
     (root / "ablation.md").write_text(markdown)
     settings = {**vars(args), "rows": None if args.rows is None else sorted(args.rows)}
-    payload = {"args": settings, "scores": scores, "noisy_alignment": alignment}
+    payload = {"args": settings, "scores": scores, "noisy": noisy}
     (root / "ablation.json").write_text(json.dumps(payload, indent=1))
     print(markdown)
 
