@@ -619,6 +619,40 @@ class ScaleModalitySetNorm(nn.Module):
         self.std.copy_(variance.sqrt().clamp(min=1e-6))
 
 
+class ScaleAlignmentReference(nn.Module):
+    """The mean and standard deviation of each modality pair's cosines across products ((5, 5) buffers),
+    fitted on many products after training (`fit`; `train/modality_set_calibration.py`), as BatchNorm keeps
+    running statistics. A model in eval mode reads the relative S against them instead of against the
+    batch, so a product's S, and the `fusion_gate` it drives, are its own; `fitted` stays False (batch
+    statistics, gate off) until then."""
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(len(MODALITIES), len(MODALITIES)))
+        self.register_buffer("std", torch.ones(len(MODALITIES), len(MODALITIES)))
+        self.register_buffer("fitted", torch.tensor(False))
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        self.mean.zero_()
+        self.std.fill_(1.0)
+        self.fitted.fill_(False)
+
+    @torch.no_grad()
+    def fit(self, counts: torch.Tensor, sums: torch.Tensor, squares: torch.Tensor) -> None:
+        """Set the statistics from the (5, 5) counts, sums and sums of squares of cross-product cosines
+        (`simcl.cross_product_cosines`); a pair never seen keeps mean 0, standard deviation 1."""
+        counts, sums, squares = counts.double(), sums.double(), squares.double()
+        if counts.sum() == 0:
+            raise ValueError("no cross-product cosines to fit the alignment reference on")
+        seen = counts > 0
+        mean = torch.where(seen, sums / counts.clamp(min=1), 0.0)
+        variance = torch.where(seen, squares / counts.clamp(min=1) - mean**2, 1.0).clamp(min=0)
+        self.mean.copy_(mean)
+        self.std.copy_(variance.sqrt().clamp(min=1e-6))
+        self.fitted.fill_(True)
+
+
 @dataclass
 class ScaleModelOutput(ModelOutput):
     r"""
@@ -723,6 +757,8 @@ class _ScaleEncoding:
     modality_mask: torch.Tensor
     alignment: torch.Tensor
     product_embeds: torch.Tensor
+    fused_modality_mask: torch.Tensor
+    """(B, 5) the modalities `product_embeds` was fused from: `modality_mask` less the gated ones."""
 
     def model_output(self) -> ScaleModelOutput:
         return ScaleModelOutput(
@@ -818,6 +854,10 @@ class ScalePreTrainedModel(PreTrainedModel):
         elif isinstance(module, ScaleModalitySetNorm):  # the identity until fitted
             init.zeros_(module.mean)
             init.ones_(module.std)
+        elif isinstance(module, ScaleAlignmentReference):  # unfitted: batch statistics, no fusion gate
+            init.zeros_(module.mean)
+            init.ones_(module.std)
+            module.fitted.fill_(False)
 
     def load_text_encoder_weights(self, bert: "str | os.PathLike | PreTrainedModel") -> list[str]:
         """Initialise the text embeddings and encoder from a BERT checkpoint (the paper starts from BERT).
@@ -888,6 +928,9 @@ class ScaleModel(ScalePreTrainedModel):
     Outputs the fused `product_embeds`, the pre-JCT contrastive feature of each modality and SIMCL's matrix S.
     """
 
+    # checkpoints saved before the alignment reference existed load it unfitted (batch S, no fusion gate)
+    _keys_to_ignore_on_load_missing = [r"alignment_reference\."]
+
     def __init__(self, config: ScaleConfig):
         super().__init__(config)
         self.embeddings = nn.ModuleDict(
@@ -918,6 +961,7 @@ class ScaleModel(ScalePreTrainedModel):
         # trained by the subset-consistency loss from zero (identity), lets the product embedding drop it.
         self.product_projection = nn.Linear(config.hidden_size, config.hidden_size)
         self.modality_set_norm = ScaleModalitySetNorm(config)
+        self.alignment_reference = ScaleAlignmentReference(config)
         self.alignment_parameter = (
             nn.Parameter(torch.ones(len(MODALITIES), len(MODALITIES)))
             if config.alignment in ("learned", "bounded")
@@ -1004,6 +1048,20 @@ class ScaleModel(ScalePreTrainedModel):
         kept_set[:, [MODALITIES.index(name) for name in spans]] = kept
         return fused, fusion_mask, self.modality_set_norm(pooled + self.product_projection(pooled), kept_set)
 
+    def _gated_token_keep(
+        self, token_keep: dict[str, torch.Tensor], alignment: torch.Tensor, ready: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """`token_keep` without the modalities `config.fusion_gate` leaves out of the fusion: those whose
+        S[i, i] falls below it, once `ready` (eval mode, reference fitted). The weights average 1 over a
+        sample's modalities and the gate is < 1, so the best-agreeing modality always stays."""
+        if self.config.fusion_gate is None or self.training:
+            return token_keep
+        weights = alignment.diagonal(dim1=1, dim2=2)
+        return {
+            name: keep & ~(ready & (weights[:, MODALITIES.index(name)] < self.config.fusion_gate))[:, None]
+            for name, keep in token_keep.items()
+        }
+
     def subset_product_embeds(self, encoding: _ScaleEncoding, keep_modalities: torch.Tensor) -> torch.Tensor:
         """`product_embeds` of the same products fused from only the modalities in `keep_modalities` (B, 5).
 
@@ -1024,7 +1082,7 @@ class ScaleModel(ScalePreTrainedModel):
         embeds = [encoding.product_embeds] + [
             self.subset_product_embeds(encoding, views[:, view]) for view in range(views.shape[1])
         ]
-        return torch.stack(embeds, dim=1), torch.cat([encoding.modality_mask[:, None], views], dim=1)
+        return torch.stack(embeds, dim=1), torch.cat([encoding.fused_modality_mask[:, None], views], dim=1)
 
     def _encode(self, **inputs) -> _ScaleEncoding:
         unknown = sorted(set(inputs) - set(MODEL_INPUT_NAMES))
@@ -1066,13 +1124,23 @@ class ScaleModel(ScalePreTrainedModel):
             start += hidden.shape[1]
 
         fusion_inputs = torch.cat(fusion_tokens, dim=1)
-        fused, fusion_mask, product_embeds = self._fuse(fusion_inputs, token_keep, spans)
-
         absent = torch.zeros_like(features[given[0]])
         modality_embeds = torch.stack([features.get(name, absent) for name in MODALITIES], dim=1)
+        reference = self.alignment_reference
+        ready = reference.fitted & (not self.training)  # a tensor: no host sync
         alignment = alignment_scores(
             modality_embeds, present, self.config.alignment, self.alignment_parameter, self.config.temperature
         )
+        if self.config.alignment == "relative" and not self.training:
+            own = alignment_scores(
+                modality_embeds, present, "relative", reference=(reference.mean, reference.std)
+            )
+            alignment = torch.where(ready, own, alignment)
+        fusion_keep = self._gated_token_keep(token_keep, alignment, ready)
+        fused, fusion_mask, product_embeds = self._fuse(fusion_inputs, fusion_keep, spans)
+        fused_modality_mask = torch.zeros_like(present)
+        for name, keep in fusion_keep.items():
+            fused_modality_mask[:, MODALITIES.index(name)] = keep.any(dim=-1)
         return _ScaleEncoding(
             fused=fused,
             fusion_inputs=fusion_inputs,
@@ -1083,6 +1151,7 @@ class ScaleModel(ScalePreTrainedModel):
             modality_mask=present,
             alignment=alignment,
             product_embeds=product_embeds,
+            fused_modality_mask=fused_modality_mask,
         )
 
     @can_return_tuple
@@ -1545,6 +1614,7 @@ __all__ = [
     "ScaleForPreTrainingOutput",
     "ScaleForProductClassification",
     "ScaleModalitySetNorm",
+    "ScaleAlignmentReference",
     "ScaleModel",
     "ScaleModelOutput",
     "ScalePreTrainedModel",

@@ -54,16 +54,46 @@ def _fixed_total_weights(scores: torch.Tensor, modality_mask: torch.Tensor) -> t
     return pair_weights + pair_weights.transpose(1, 2) + torch.diag_embed(modality_weights)
 
 
-def _batch_relative_agreement(features: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
+def cross_product_cosines(features: torch.Tensor, modality_mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(B, M, P) L2-normalised features -> (M, M, B, B) cosines between sample b's modality i and sample k's
+    modality j, and the (M, M, B, B) mask of the pairs with b != k where both modalities are present."""
+    present = modality_mask.bool().T  # (M, B)
+    cosines = torch.einsum("bip,kjp->ijbk", features, features)
+    others = ~torch.eye(features.shape[0], dtype=torch.bool, device=features.device)
+    return cosines, present[:, None, :, None] & present[None, :, None, :] & others
+
+
+def cross_product_cosine_sums(
+    modality_embeds: torch.Tensor, modality_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(M, M) counts, sums and sums of squares (float64) of the cosines between one product's modality i and
+    another's modality j over a batch: what `ScaleAlignmentReference.fit` reads."""
+    cosines, pairs = cross_product_cosines(F.normalize(modality_embeds.float(), dim=-1), modality_mask)
+    cosines = cosines.double() * pairs
+    return pairs.sum((-1, -2)).double(), cosines.sum((-1, -2)), cosines.square().sum((-1, -2))
+
+
+def _batch_relative_agreement(
+    features: torch.Tensor,
+    modality_mask: torch.Tensor,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """(B, M, P) L2-normalised features -> (B, M, M): how many standard deviations a sample's cosine between
     its modalities i and j stands above the cosines of its modality i with the batch's other products'
     modality j (averaged with the j-to-i direction): the confidence with which the pair tells its own product
     from the others, free of the cosine level the pair has for every product. 0 where fewer than two other
-    products have the modality. The batch is this process's: S stays a per-process quantity."""
-    present = modality_mask.bool().T  # (M, B)
-    cosines = torch.einsum("bip,kjp->ijbk", features, features)  # (M, M, B, B)
-    others = ~torch.eye(features.shape[0], dtype=torch.bool, device=features.device)
-    negatives = present[:, None, :, None] & present[None, :, None, :] & others
+    products have the modality. The batch is this process's: S stays a per-process quantity.
+
+    With `reference` ((M, M) mean and standard deviation of the pairs' cosines across products, fitted on
+    many products: `ScaleAlignmentReference`), the cosine is read against it instead of the batch, so a
+    product's S no longer depends on the products batched with it (a lone query gets its own)."""
+    if reference is not None:
+        mean, std = reference
+        own = torch.einsum("bip,bjp->bij", features, features)
+        present = modality_mask.bool()
+        relative = (own - mean.to(own.dtype)) / std.to(own.dtype).clamp(min=1e-6)
+        return relative * (present[:, :, None] & present[:, None, :])
+    cosines, negatives = cross_product_cosines(features, modality_mask)
     count = negatives.sum(-1)
     mean = (cosines * negatives).sum(-1) / count.clamp(min=1)
     spread = ((cosines - mean[..., None]).square() * negatives).sum(-1) / count.clamp(min=1)
@@ -78,6 +108,7 @@ def alignment_scores(
     mode: str = "feature",
     alignment_parameter: torch.Tensor | None = None,
     temperature: float = 1.0,
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The modality alignment matrix S of SIMCL, one (M, M) matrix per sample.
 
@@ -115,6 +146,8 @@ def alignment_scores(
         alignment_parameter: (M, M) learnable scores, required for `"learned"` and `"bounded"`.
         temperature: divides the cosines of `"embedding"` before its softmaxes (the model passes the InfoNCE
             tau, the scale at which the loss reads the same cosines).
+        reference: `"relative"` only: (M, M) mean and standard deviation of each pair's cosines across
+            products to read a sample's cosines against, instead of the batch's other products.
 
     Returns:
         (B, M, M) S in float32; rows and columns of missing modalities are zero, and a missing modality never
@@ -129,7 +162,7 @@ def alignment_scores(
     if mode in ("embedding", "relative"):
         features = F.normalize(modality_embeds.detach().float(), dim=-1)
         if mode == "relative":
-            scores = _batch_relative_agreement(features, modality_mask)
+            scores = _batch_relative_agreement(features, modality_mask, reference)
         else:
             scores = features @ features.transpose(1, 2) / temperature
         others = pair_mask & ~torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)

@@ -45,9 +45,9 @@ ALIGNMENT_SOURCES = {
     "bounded": 'learned in pretraining, shared out over the modalities the query has (`alignment="bounded"`)',
     "embedding": "from how well the query's features agree, shared out over its modalities "
     '(`alignment="embedding"`)',
-    "relative": "from how much better each pair of a product's features agrees than with the other products "
-    'of its batch (`alignment="relative"`); a query alone has no batch to be read against, so every weight '
-    "it shows is 1",
+    "relative": "from how much better each pair of a product's features agrees than the same pair does "
+    'across products (`alignment="relative"`, read against statistics fitted after pretraining; a '
+    "checkpoint without them shows 1 everywhere, as a query alone has no batch to be read against)",
 }
 CSS = """
 #results-table td, #results-table th { font-size: 0.78rem; }

@@ -1,4 +1,5 @@
-"""Fit SCALE's per-modality-set standardisation (`ScaleModalitySetNorm`) on the model's own embeddings.
+"""Fit SCALE's per-modality-set standardisation (`ScaleModalitySetNorm`) and SIMCL's alignment reference
+(`ScaleAlignmentReference`) on the model's own embeddings.
 
 `train/pretrain.py` runs it after training. For a checkpoint trained before it existed:
 
@@ -9,7 +10,10 @@ random choice) is fused from all its modalities and from `num_views` random subs
 kept with probability `keep_probability`, at least one, as the subset-consistency loss draws them); the
 counts, sums and sums of squares of the raw embeddings per modality set are summed over every process and
 `ScaleModalitySetNorm.fit` turns them into each set's mean and standard deviation. Products without any
-readable modality are left out.
+readable modality are left out. In the same pass, the cosines between one product's modality i and the
+other products' modality j in each batch give each pair's mean and standard deviation across products
+(`ScaleAlignmentReference.fit`): the reference a model in eval mode reads its relative S against, and which
+switches `fusion_gate` on. Both are reset first, so the pass itself fuses every modality.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from tqdm.auto import tqdm
 from modeling_scale import MODALITIES
 from modeling_scale.collator_scale import draw_modality_subset
 from modeling_scale.modeling_scale import modality_set_codes
+from modeling_scale.simcl import cross_product_cosine_sums
 from train.data import model_inputs
 from train.embeddings import default_device, inference_autocast, product_loader
 
@@ -40,27 +45,32 @@ def modality_set_sums(
     keep_probability: float,
     generator: torch.Generator,
     device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(num_sets,) counts, (num_sets, H) sums and sums of squares (float64) of `model`'s `product_embeds`
-    over the collated `batches`, each product fused from all its modalities and `num_views` subsets."""
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """Over the collated `batches`: (num_sets,) counts, (num_sets, H) sums and sums of squares (float64) of
+    `model`'s `product_embeds`, each product fused from all its modalities and `num_views` subsets; and the
+    (5, 5) counts, sums and sums of squares of the cross-product cosines of its modality features."""
     base = model.base_model
     num_sets, hidden = base.modality_set_norm.mean.shape
     counts = torch.zeros(num_sets, dtype=torch.float64, device=device)
     sums = torch.zeros(num_sets, hidden, dtype=torch.float64, device=device)
     squares = torch.zeros_like(sums)
+    pairs = [torch.zeros(len(MODALITIES), len(MODALITIES), dtype=torch.float64, device=device)] * 3
     for batch in batches:
         inputs = model_inputs(batch, device)
         views = batch["modality_mask"].bool()[:, None].expand(-1, num_views, -1)
         subsets = draw_modality_subset(views, keep_probability, generator)
         with inference_autocast(device):
-            embeds, sets = base.get_subset_product_embeddings(subsets.to(device), **inputs)
+            encoding = base._encode(**inputs)  # once for both statistics (`get_subset_product_embeddings`)
+            embeds, sets = base._product_views(encoding, subsets.to(device))
+        batch_pairs = cross_product_cosine_sums(encoding.modality_embeds, encoding.modality_mask)
+        pairs = [total + new for total, new in zip(pairs, batch_pairs, strict=True)]
         embeds, codes = embeds.flatten(0, 1).double(), modality_set_codes(sets.flatten(0, 1))
         has_any = codes > 0
         embeds, codes = embeds[has_any], codes[has_any]
         counts.index_add_(0, codes, torch.ones_like(codes, dtype=torch.float64))
         sums.index_add_(0, codes, embeds)
         squares.index_add_(0, codes, embeds**2)
-    return counts, sums, squares
+    return (counts, sums, squares), tuple(pairs)
 
 
 def calibrate_modality_sets(
@@ -78,7 +88,8 @@ def calibrate_modality_sets(
     accelerator=None,
     show_progress: bool = True,
 ) -> dict[str, int]:
-    """Fit `model`'s `ScaleModalitySetNorm` (module docstring) on up to `max_products` rows of `dataset`.
+    """Fit `model`'s `ScaleModalitySetNorm` and `ScaleAlignmentReference` (module docstring) on up to
+    `max_products` rows of `dataset`.
 
     Args:
         model: a `ScaleModel` or any `ScaleFor*` head model (unwrapped); it is left in the mode it was in.
@@ -99,11 +110,14 @@ def calibrate_modality_sets(
     was_training = base.training
     base.eval().to(device)
     base.modality_set_norm.reset()
+    base.alignment_reference.reset()
     progress = tqdm(loader, desc="modality-set statistics", disable=not show_progress)
-    counts, sums, squares = modality_set_sums(model, progress, num_views, keep_probability, generator, device)
+    sets, pairs = modality_set_sums(model, progress, num_views, keep_probability, generator, device)
     if accelerator is not None and world > 1:
-        counts, sums, squares = (accelerator.reduce(t, reduction="sum") for t in (counts, sums, squares))
+        sets, pairs = ([accelerator.reduce(t, reduction="sum") for t in group] for group in (sets, pairs))
+    counts, sums, squares = sets
     base.modality_set_norm.fit(counts, sums, squares, prior_count=prior_count)
+    base.alignment_reference.fit(*pairs)
     base.train(was_training)
     return {modality_set_name(code): int(n) for code, n in enumerate(counts.tolist()) if n > 0}
 
