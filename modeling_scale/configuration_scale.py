@@ -61,24 +61,25 @@ class ScaleConfig(PreTrainedConfig):
             through a softmax over the sample's present pairs and, on the diagonal, over its present
             modalities, times their number, so the weights are >= 0 and average 1: S can neither scale every
             term up nor switch every term off. `"relative"` (default; the abstract's "importance of each
-            modality learned directly from the modality embeddings"): the score of a pair is how many
-            standard deviations the sample's cosine between the two modality features stands above their
-            cosines with the batch's other products (detached, so the loss never rewards the encoders for
-            misaligning a pair to shrink its weight). A level every product's pair shares cancels, so the
-            pairs that do not tell the product from the others lose weight (on a sample where half of the
-            tables are another product's: 0.85 of weight against 1.10 for the listings' own); S is a property
-            of a batch, and a product alone gets uniform weights. `"embedding"`: the cosines themselves,
-            divided by `temperature` (at 1 the 0.05-0.17 cosines of 4 pretraining epochs left every weight
-            within 5 % of 1); they follow the shared level (unrelated tables 1.25, own 1.35-1.39 on that
-            sample). `"bounded"`: a free 5x5 parameter through the same normalisation (still trained on the
-            loss it weights, so it moves weight towards the lowest-loss terms). `"learned"` (the paper's
-            text): a free 5x5 parameter, S <- k * S * softmax(S) over the k present modalities, initialised at
-            ones so every term starts with weight 1 (the paper's zero initialisation would multiply every
-            logit by 0); nothing bounds it: it scales the logits of aligned pairs up without limit and
-            switches unaligned ones off. `"feature"` (the authors' released code, per sample): the cosine
-            similarities of the pre-JCT modality features, S <- S * softmax(S), rows L2-normalised; freshly
-            initialised encoders give cross-modal cosines near 0, hence S near the identity and contrastive
-            logits scaled by near 0, so the contrastive loss cannot leave chance.
+            modality learned directly from the modality embeddings"): the score of a pair is how many standard
+            deviations the sample's cosine between the two modality features stands above their cosines with
+            the batch's other products (detached, so the loss never rewards the encoders for misaligning a
+            pair to shrink its weight). A level every product's pair shares cancels, so the pairs that do not
+            tell the product from the others lose weight (on a sample where half of the tables are another
+            product's: 0.85 of weight against 1.10 for the listings' own); in eval mode, once the model's
+            `ScaleAlignmentReference` is fitted, the cosines are read against each pair's spread across many
+            products instead, so a product's S is its own. `"embedding"`: the cosines themselves, divided by
+            `temperature` (at 1 the 0.05-0.17 cosines of 4 pretraining epochs left every weight within 5 % of
+            1); they follow the shared level (unrelated tables 1.25, own 1.35-1.39 on that sample).
+            `"bounded"`: a free 5x5 parameter through the same normalisation (still trained on the loss it
+            weights, so it moves weight towards the lowest-loss terms). `"learned"` (the paper's text): a free
+            5x5 parameter, S <- k * S * softmax(S) over the k present modalities, initialised at ones so every
+            term starts with weight 1 (the paper's zero initialisation would multiply every logit by 0);
+            nothing bounds it: it scales the logits of aligned pairs up without limit and switches unaligned
+            ones off. `"feature"` (the authors' released code, per sample): the cosine similarities of the
+            pre-JCT modality features, S <- S * softmax(S), rows L2-normalised; freshly initialised encoders
+            give cross-modal cosines near 0, hence S near the identity and contrastive logits scaled by near
+            0, so the contrastive loss cannot leave chance.
         fusion_gate: at inference, leave out of the fused `product_embeds` every modality whose diagonal
             weight S[i, i] (its agreement with the product's other modalities; the weights average 1) falls
             below this, so an unrelated photo or table no longer pulls the product towards another; `None`
