@@ -8,8 +8,6 @@ MODALITIES: tuple[str, ...] = ("text", "table", "image", "video", "audio")
 """Modality order used everywhere: `modality_mask[:, i]`, `alignment_scores[:, i, j]`, loss names."""
 
 ALIGNMENT_MODES = ("feature", "learned", "bounded", "embedding", "relative")
-BOUNDED_ALIGNMENT_MODES = ("bounded", "embedding", "relative")
-"""The modes whose weights average 1 over a sample's present pairs and modalities."""
 CONTRASTIVE_DENOMINATORS = ("negatives", "all")
 CONTRASTIVE_REDUCTIONS = ("mean", "sum")
 SIMCL_WEIGHTINGS = ("both", "contrastive", "masked", "none")
@@ -80,13 +78,6 @@ class ScaleConfig(PreTrainedConfig):
             pre-JCT modality features, S <- S * softmax(S), rows L2-normalised; freshly initialised encoders
             give cross-modal cosines near 0, hence S near the identity and contrastive logits scaled by near
             0, so the contrastive loss cannot leave chance.
-        fusion_gate: at inference, leave out of the fused `product_embeds` every modality whose diagonal
-            weight S[i, i] (its agreement with the product's other modalities; the weights average 1) falls
-            below this, so an unrelated photo or table no longer pulls the product towards another; `None`
-            fuses every modality given. Needs a bounded `alignment`. It acts in eval mode once the model's
-            `ScaleAlignmentReference` is fitted (`train/modality_set_calibration.py`), against which the
-            relative S is then read, so a product's embedding never depends on the products batched with it.
-            Training always fuses every modality (the subset views teach the JCT to fuse any subset).
         temperature: InfoNCE temperature tau.
         contrastive_denominator: `"negatives"` is the paper's Eq. 2 (only the 2(N-1) cross-modal negatives in
             the denominator); `"all"` is the standard symmetric InfoNCE (as CLIP), whose softmax keeps the
@@ -164,7 +155,6 @@ class ScaleConfig(PreTrainedConfig):
         audio_subsampling: int = 4,
         projection_dim: int = 256,
         alignment: str = "relative",
-        fusion_gate: float | None = None,
         temperature: float = 0.07,
         contrastive_denominator: str = "negatives",
         use_simcl: bool = True,
@@ -210,7 +200,6 @@ class ScaleConfig(PreTrainedConfig):
         self.audio_subsampling = audio_subsampling
         self.projection_dim = projection_dim
         self.alignment = alignment
-        self.fusion_gate = fusion_gate
         self.temperature = temperature
         self.contrastive_denominator = contrastive_denominator
         # `use_simcl=False` is Table 6's "none" row: either spelling gives the same, consistent pair of fields
@@ -255,13 +244,6 @@ class ScaleConfig(PreTrainedConfig):
             )
         if self.alignment not in ALIGNMENT_MODES:
             problems.append(f"alignment must be one of {ALIGNMENT_MODES}, got {self.alignment!r}")
-        if self.fusion_gate is not None and (
-            self.alignment not in BOUNDED_ALIGNMENT_MODES or not 0.0 < self.fusion_gate < 1.0
-        ):
-            problems.append(
-                f"fusion_gate must lie in (0, 1) and needs a bounded alignment {BOUNDED_ALIGNMENT_MODES}, "
-                f"got {self.fusion_gate} with alignment={self.alignment!r}"
-            )
         if self.contrastive_denominator not in CONTRASTIVE_DENOMINATORS:
             problems.append(
                 f"contrastive_denominator must be one of {CONTRASTIVE_DENOMINATORS}, "

@@ -623,8 +623,8 @@ class ScaleAlignmentReference(nn.Module):
     """The mean and standard deviation of each modality pair's cosines across products ((5, 5) buffers),
     fitted on many products after training (`fit`; `train/modality_set_calibration.py`), as BatchNorm keeps
     running statistics. A model in eval mode reads the relative S against them instead of against the
-    batch, so a product's S, and the `fusion_gate` it drives, are its own; `fitted` stays False (batch
-    statistics, gate off) until then."""
+    batch, so a product's S is its own, whoever it is batched with; `fitted` stays False (batch statistics)
+    until then."""
 
     def __init__(self, config: ScaleConfig):
         super().__init__()
@@ -641,7 +641,7 @@ class ScaleAlignmentReference(nn.Module):
     @torch.no_grad()
     def fit(self, counts: torch.Tensor, sums: torch.Tensor, squares: torch.Tensor) -> None:
         """Set the statistics from the (5, 5) counts, sums and sums of squares of cross-product cosines
-        (`simcl.cross_product_cosines`); a pair never seen keeps mean 0, standard deviation 1."""
+        (`simcl.cross_product_cosine_sums`); a pair never seen keeps mean 0, standard deviation 1."""
         counts, sums, squares = counts.double(), sums.double(), squares.double()
         if counts.sum() == 0:
             raise ValueError("no cross-product cosines to fit the alignment reference on")
@@ -757,8 +757,6 @@ class _ScaleEncoding:
     modality_mask: torch.Tensor
     alignment: torch.Tensor
     product_embeds: torch.Tensor
-    fused_modality_mask: torch.Tensor
-    """(B, 5) the modalities `product_embeds` was fused from: `modality_mask` less the gated ones."""
 
     def model_output(self) -> ScaleModelOutput:
         return ScaleModelOutput(
@@ -854,7 +852,7 @@ class ScalePreTrainedModel(PreTrainedModel):
         elif isinstance(module, ScaleModalitySetNorm):  # the identity until fitted
             init.zeros_(module.mean)
             init.ones_(module.std)
-        elif isinstance(module, ScaleAlignmentReference):  # unfitted: batch statistics, no fusion gate
+        elif isinstance(module, ScaleAlignmentReference):  # unfitted: S read against the batch
             init.zeros_(module.mean)
             init.ones_(module.std)
             module.fitted.fill_(False)
@@ -928,7 +926,7 @@ class ScaleModel(ScalePreTrainedModel):
     Outputs the fused `product_embeds`, the pre-JCT contrastive feature of each modality and SIMCL's matrix S.
     """
 
-    # checkpoints saved before the alignment reference existed load it unfitted (batch S, no fusion gate)
+    # checkpoints saved before the alignment reference existed load it unfitted (S read against the batch)
     _keys_to_ignore_on_load_missing = [r"alignment_reference\."]
 
     def __init__(self, config: ScaleConfig):
@@ -1048,20 +1046,6 @@ class ScaleModel(ScalePreTrainedModel):
         kept_set[:, [MODALITIES.index(name) for name in spans]] = kept
         return fused, fusion_mask, self.modality_set_norm(pooled + self.product_projection(pooled), kept_set)
 
-    def _gated_token_keep(
-        self, token_keep: dict[str, torch.Tensor], alignment: torch.Tensor, ready: torch.Tensor
-    ) -> dict[str, torch.Tensor]:
-        """`token_keep` without the modalities `config.fusion_gate` leaves out of the fusion: those whose
-        S[i, i] falls below it, once `ready` (eval mode, reference fitted). The weights average 1 over a
-        sample's modalities and the gate is < 1, so the best-agreeing modality always stays."""
-        if self.config.fusion_gate is None or self.training:
-            return token_keep
-        weights = alignment.diagonal(dim1=1, dim2=2)
-        return {
-            name: keep & ~(ready & (weights[:, MODALITIES.index(name)] < self.config.fusion_gate))[:, None]
-            for name, keep in token_keep.items()
-        }
-
     def subset_product_embeds(self, encoding: _ScaleEncoding, keep_modalities: torch.Tensor) -> torch.Tensor:
         """`product_embeds` of the same products fused from only the modalities in `keep_modalities` (B, 5).
 
@@ -1082,7 +1066,7 @@ class ScaleModel(ScalePreTrainedModel):
         embeds = [encoding.product_embeds] + [
             self.subset_product_embeds(encoding, views[:, view]) for view in range(views.shape[1])
         ]
-        return torch.stack(embeds, dim=1), torch.cat([encoding.fused_modality_mask[:, None], views], dim=1)
+        return torch.stack(embeds, dim=1), torch.cat([encoding.modality_mask[:, None], views], dim=1)
 
     def _encode(self, **inputs) -> _ScaleEncoding:
         unknown = sorted(set(inputs) - set(MODEL_INPUT_NAMES))
@@ -1124,23 +1108,19 @@ class ScaleModel(ScalePreTrainedModel):
             start += hidden.shape[1]
 
         fusion_inputs = torch.cat(fusion_tokens, dim=1)
+        fused, fusion_mask, product_embeds = self._fuse(fusion_inputs, token_keep, spans)
+
         absent = torch.zeros_like(features[given[0]])
         modality_embeds = torch.stack([features.get(name, absent) for name in MODALITIES], dim=1)
-        reference = self.alignment_reference
-        ready = reference.fitted & (not self.training)  # a tensor: no host sync
         alignment = alignment_scores(
             modality_embeds, present, self.config.alignment, self.alignment_parameter, self.config.temperature
         )
         if self.config.alignment == "relative" and not self.training:
+            reference = self.alignment_reference
             own = alignment_scores(
                 modality_embeds, present, "relative", reference=(reference.mean, reference.std)
             )
-            alignment = torch.where(ready, own, alignment)
-        fusion_keep = self._gated_token_keep(token_keep, alignment, ready)
-        fused, fusion_mask, product_embeds = self._fuse(fusion_inputs, fusion_keep, spans)
-        fused_modality_mask = torch.zeros_like(present)
-        for name, keep in fusion_keep.items():
-            fused_modality_mask[:, MODALITIES.index(name)] = keep.any(dim=-1)
+            alignment = torch.where(reference.fitted, own, alignment)  # a tensor: no host sync
         return _ScaleEncoding(
             fused=fused,
             fusion_inputs=fusion_inputs,
@@ -1151,7 +1131,6 @@ class ScaleModel(ScalePreTrainedModel):
             modality_mask=present,
             alignment=alignment,
             product_embeds=product_embeds,
-            fused_modality_mask=fused_modality_mask,
         )
 
     @can_return_tuple

@@ -12,8 +12,8 @@ counts, sums and sums of squares of the raw embeddings per modality set are summ
 `ScaleModalitySetNorm.fit` turns them into each set's mean and standard deviation. Products without any
 readable modality are left out. In the same pass, the cosines between one product's modality i and the
 other products' modality j in each batch give each pair's mean and standard deviation across products
-(`ScaleAlignmentReference.fit`): the reference a model in eval mode reads its relative S against, and which
-switches `fusion_gate` on. Both are reset first, so the pass itself fuses every modality.
+(`ScaleAlignmentReference.fit`): the reference a model in eval mode reads its relative S against. Both are
+reset first.
 """
 
 from __future__ import annotations

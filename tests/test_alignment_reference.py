@@ -1,6 +1,5 @@
-"""SIMCL's alignment reference and the fusion gate: the relative S read against cross-product statistics
-fitted after training (so a product's S is its own), and the modalities it finds unrelated to the rest of
-the product left out of the fused embedding at inference."""
+"""SIMCL's alignment reference: the relative S of a model in eval mode read against cross-product statistics
+fitted after training, so a product's S is its own, whoever it is batched with."""
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ import torch.nn.functional as F
 from test_modeling_scale import MODALITY_MASK, make_inputs, tiny_config
 from tiny_m5product import converted_tiny_sample, tiny_demo_model_parts
 
-from modeling_scale import MODALITIES, ScaleConfig, ScaleModel
+from modeling_scale import MODALITIES, ScaleModel
 from modeling_scale.modeling_scale import ScaleAlignmentReference
 from modeling_scale.simcl import _batch_relative_agreement, alignment_scores, cross_product_cosine_sums
 from train.components import load_split
@@ -77,37 +76,30 @@ def test_reference_fit_reads_mean_and_spread_and_keeps_unseen_pairs_neutral():
         reference.fit(torch.zeros(5, 5), torch.zeros(5, 5), torch.zeros(5, 5))
 
 
-def test_fusion_gate_fuses_without_the_modalities_below_it_in_eval_mode_once_fitted():
+def test_a_fitted_model_reads_each_products_s_against_the_reference_in_eval_mode_only():
     torch.manual_seed(0)
-    model = ScaleModel(tiny_config(fusion_gate=0.9)).eval()
+    model = ScaleModel(tiny_config()).eval()
     inputs = make_inputs(model.config)
+    first = {name: value[:1] for name, value in inputs.items()}
     with torch.no_grad():
-        unfitted = model(**inputs)
-        model.alignment_reference.fitted.fill_(True)  # mean 0, std 1: S from the raw own cosines
-        gated = model(**inputs)
-        weights = gated.alignment_scores.diagonal(dim1=1, dim2=2)
-        kept = MODALITY_MASK.bool() & (weights >= 0.9)
-        assert (kept != MODALITY_MASK.bool()).any() and kept.any(dim=-1).all()
-        assert not torch.allclose(gated.product_embeds, unfitted.product_embeds)
-        model.config.fusion_gate = None
-        without = model(**{**inputs, "modality_mask": kept.long()})
-        torch.testing.assert_close(gated.product_embeds, without.product_embeds, atol=1e-5, rtol=1e-4)
-        embeds, sets = model.get_subset_product_embeddings(torch.ones(4, 1, 5), **inputs)
-        torch.testing.assert_close(embeds[:, 0], model(**inputs).product_embeds)  # gate off: every modality
-        model.config.fusion_gate = 0.9
-        embeds, sets = model.get_subset_product_embeddings(torch.ones(4, 1, 5), **inputs)
-        torch.testing.assert_close(sets[:, 0], kept)  # the full view reports what it was fused from
-        model.train()  # training fuses every modality (dropout is 0 in the tiny config)
-        trained_view = model(**inputs)
-    torch.testing.assert_close(trained_view.product_embeds, unfitted.product_embeds)
-
-
-def test_fusion_gate_needs_a_bounded_alignment_and_a_value_below_one():
-    with pytest.raises(ValueError, match="fusion_gate must lie in"):
-        ScaleConfig(fusion_gate=0.7, alignment="feature")
-    with pytest.raises(ValueError, match="fusion_gate must lie in"):
-        ScaleConfig(fusion_gate=1.0)
-    assert ScaleConfig(fusion_gate=0.7, alignment="embedding").fusion_gate == 0.7
+        batch_read = model(**inputs).alignment_scores
+        assert not torch.allclose(model(**first).alignment_scores[0], batch_read[0])  # alone: no batch
+        reference = model.alignment_reference
+        reference.fit(*cross_product_cosine_sums(torch.randn(16, 5, 8), torch.ones(16, 5, dtype=torch.bool)))
+        reference.mean.uniform_(-0.1, 0.1)  # a reference unlike the batch's own statistics
+        fitted = model(**inputs)
+        alone = model(**first)
+        features = torch.stack([getattr(fitted, f"{name}_embeds") for name in MODALITIES], dim=1)
+        expected = alignment_scores(
+            features, fitted.modality_mask, "relative", reference=(reference.mean, reference.std)
+        )
+        model.train()  # dropout is 0 in the tiny config
+        trained = model(**inputs).alignment_scores
+    torch.testing.assert_close(fitted.alignment_scores, expected)
+    torch.testing.assert_close(alone.alignment_scores[0], fitted.alignment_scores[0])
+    assert not torch.allclose(fitted.alignment_scores, batch_read)
+    torch.testing.assert_close(trained, batch_read)  # training reads the batch, as the loss was measured
+    assert (fitted.alignment_scores[~MODALITY_MASK.bool()] == 0).all()  # missing modalities weigh nothing
 
 
 @pytest.mark.slow
