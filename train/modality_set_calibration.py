@@ -54,7 +54,9 @@ def modality_set_sums(
     counts = torch.zeros(num_sets, dtype=torch.float64, device=device)
     sums = torch.zeros(num_sets, hidden, dtype=torch.float64, device=device)
     squares = torch.zeros_like(sums)
-    pairs = [torch.zeros(len(MODALITIES), len(MODALITIES), dtype=torch.float64, device=device)] * 3
+    pairs = [
+        torch.zeros(len(MODALITIES), len(MODALITIES), dtype=torch.float64, device=device) for _ in range(3)
+    ]
     for batch in batches:
         inputs = model_inputs(batch, device)
         views = batch["modality_mask"].bool()[:, None].expand(-1, num_views, -1)
