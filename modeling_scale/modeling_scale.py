@@ -855,7 +855,7 @@ class ScalePreTrainedModel(PreTrainedModel):
         elif isinstance(module, ScaleAlignmentReference):  # unfitted: S read against the batch
             init.zeros_(module.mean)
             init.ones_(module.std)
-            module.fitted.fill_(False)
+            init.zeros_(module.fitted)
 
     def load_text_encoder_weights(self, bert: "str | os.PathLike | PreTrainedModel") -> list[str]:
         """Initialise the text embeddings and encoder from a BERT checkpoint (the paper starts from BERT).
