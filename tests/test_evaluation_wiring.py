@@ -5,10 +5,14 @@ split's rows are looked up by item id, and label -1 items stay out of the probe 
 Only the embedding extractor is replaced (by a table of chosen vectors); splits, metrics, probe and
 clustering are the real ones."""
 
+import contextlib
+import io
+import json
 from argparse import Namespace
 
 import numpy as np
 import pytest
+import torch
 from datasets import Dataset
 
 import train.evaluation as evaluation
@@ -65,7 +69,12 @@ SPLITS = {
 def fake_split(data_dir: str, config: str, split: str) -> Dataset:
     ids = SPLITS[config, split]
     return Dataset.from_dict(
-        {"item_id": ids, "label": [ITEMS[i][0] for i in ids], "instance_id": [ITEMS[i][1] for i in ids]}
+        {
+            "item_id": ids,
+            "caption": [f"caption of {i}" for i in ids],
+            "label": [ITEMS[i][0] for i in ids],
+            "instance_id": [ITEMS[i][1] for i in ids],
+        }
     )
 
 
@@ -188,3 +197,194 @@ def test_unreadable_inputs_are_collected_over_every_extraction(monkeypatch):
     data.embed(None, None, ("image",), Namespace(batch_size=4, device="cpu", num_workers=0))
     data.embed(None, None, ("text", "image"), Namespace(batch_size=4, device="cpu", num_workers=0))
     assert [failure["item_id"] for failure in data.input_failures] == ["d3", "d3"]
+
+
+def test_simcl_features_average_the_normalised_features_of_present_modalities():
+    modality_embeds = np.zeros((1, 5, DIM), np.float32)
+    modality_embeds[0, 0], modality_embeds[0, 2], modality_embeds[0, 4] = e((0, 2)), e((1, 5)), e((3, 9))
+    mask = np.array([[1, 0, 1, 0, 0]])  # the audio feature (index 4) belongs to no present modality
+    np.testing.assert_allclose(evaluation.simcl_features(modality_embeds, mask), [e((0, 0.5), (1, 0.5))])
+    nothing = evaluation.simcl_features(modality_embeds, np.zeros((1, 5)))
+    np.testing.assert_allclose(nothing, np.zeros((1, DIM)))
+
+
+# the whole evaluation, from the command line to results.json, results.md, plots and model cards, with the
+# extractor and the models replaced by tables: "d1" and "d2" trade embeddings wherever the caption is left out
+# and in the fine-tuned model, so each row's coarse mAP@1 says which embeddings it was computed from
+SWAPPED = {**{i: item[2] for i, item in ITEMS.items()}, "d1": ITEMS["d2"][2], "d2": ITEMS["d1"][2]}
+MAX_TEXT_LENGTH = 17
+
+
+class FakeModel:
+    """What evaluate() reads of a model: its config's text length and, fine-tuned, its classifier."""
+
+    def __init__(self, swapped: bool):
+        self.swapped = swapped
+        self.config = Namespace(max_text_length=MAX_TEXT_LENGTH)
+        self.classifier = torch.nn.Linear(DIM, 2, bias=False)
+        with torch.no_grad():  # class 0 along axis 5, class 1 along axis 7
+            self.classifier.weight.copy_(torch.from_numpy(np.stack([e((5, 1)), e((7, 1))])))
+
+
+def modality_embeddings(model, processor, items, modalities, **kwargs) -> dict:
+    ids = list(items["item_id"])
+    vectors = SWAPPED if model.swapped or "text" not in modalities else {i: ITEMS[i][2] for i in ids}
+    labels = np.array([ITEMS[i][0] for i in ids])
+    mask = np.array([[int(m in modalities) for m in evaluation.MODALITIES] for _ in ids])
+    mask[labels == 1, 4] = 0  # category-1 items have no audio
+    modality_embeds = np.stack([[ITEMS[i][2]] + [SWAPPED[i]] * 4 for i in ids])  # text right, others swapped
+    return {
+        "item_ids": ids,
+        "product_embeds": np.stack([vectors[i] for i in ids]),
+        "modality_embeds": modality_embeds,
+        "alignment_scores": np.ones((len(ids), 5, 5), np.float32) * (1 + (labels == 1))[:, None, None],
+        "modality_mask": mask,
+        "input_failures": [{"item_id": "d3", "modality": "image", "reason": "cut"}]
+        if "d3" in ids and "image" in modalities
+        else [],
+    }
+
+
+@pytest.fixture(scope="module")
+def evaluation_run(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return _evaluation_run(tmp_path_factory.mktemp("evaluation"), monkeypatch)
+
+
+def _evaluation_run(tmp_path, monkeypatch):
+    """evaluate() through main(): (results.json, output folder, model folders, load calls, encoder calls,
+    stdout)."""
+    loaded, encoded = [], []
+
+    def load_model(path, head, device):
+        loaded.append((path, head, str(device)))
+        return FakeModel(swapped=head == "classification"), None
+
+    def frozen_text_encoder(encoder_dir, captions, max_length, batch_size, device):
+        encoded.append((encoder_dir, max_length))
+        return np.stack([ITEMS[caption.removeprefix("caption of ")][2] for caption in captions])
+
+    monkeypatch.setattr(evaluation, "load_split", fake_split)
+    monkeypatch.setattr(evaluation, "extract_embeddings", modality_embeddings)
+    monkeypatch.setattr(evaluation, "load_model", load_model)
+    monkeypatch.setattr(evaluation, "text_encoder_embeddings", frozen_text_encoder)
+    pretrained, finetuned, output = tmp_path / "pretrained", tmp_path / "finetuned", tmp_path / "eval"
+    pretrained.mkdir(), finetuned.mkdir()
+    argv = ["--model_dir", str(pretrained), "--finetuned_dir", str(finetuned), "--data_dir", "unused"]
+    argv += ["--output_dir", str(output), "--combinations", "text;image", "--device", "cpu"]
+    argv += ["--backend", "faiss", "--text_encoder", "frozen-bert", "--batch_size", "4"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        evaluation.main(argv)
+    results = json.loads((output / "results.json").read_text())
+    return results, output, pretrained, finetuned, loaded, encoded, printed.getvalue()
+
+
+def test_evaluate_scores_each_model_and_combination_from_its_own_embeddings(evaluation_run):
+    results, _, pretrained, finetuned, loaded, encoded, _ = evaluation_run
+    assert loaded == [(str(pretrained), "base", "cpu"), (str(finetuned), "classification", "cpu")]
+    assert results["combinations"] == [["text"], ["image"]]
+    assert results["split_sizes"] == {f"{c}/{s}": len(ids) for (c, s), ids in SPLITS.items()}
+    coarse = {
+        (features, name): row["coarse"]["mAP@1"]
+        for features in ("pretrained", "finetuned")
+        for name, row in results[features].items()
+    }
+    # the caption keeps d1 and d2 in place (both coarse queries hit); without it, or fine-tuned, both miss
+    assert coarse == {
+        ("pretrained", "T"): 100.0,
+        ("pretrained", "I"): 0.0,
+        ("finetuned", "T"): 0.0,
+        ("finetuned", "I"): 0.0,
+    }
+    for features in ("pretrained", "finetuned"):
+        for row in results[features].values():
+            assert row["fine"]["mAP@1"] == pytest.approx(100 / 3)
+    assert results["pretrained"]["T"]["linear_probe_accuracy"] == 100.0
+    assert results["pretrained"]["T"]["clustering"] == {"NMI": pytest.approx(100.0), "Purity": 100.0}
+    # the fine-tuned classifier on the test items with a label (v0, label -1, would be a miss)
+    assert results["finetuned"]["T"]["accuracy"] == 100.0
+    assert "linear_probe_accuracy" not in results["finetuned"]["T"]
+    # d3's image fails in each extraction with images that reaches the coarse gallery: pretrained I, all
+    # five, T+I, T+I+Tab; fine-tuned the same four (all five extracted again: its embeddings differ)
+    assert results["input_failures"]["count"] == 8
+    assert {f["item_id"] for f in results["input_failures"]["items"]} == {"d3"}
+    assert results["pretrained_features"] == "fused" and results["finetuned_dir"] == str(finetuned)
+
+
+def test_evaluate_adds_baselines_cross_subset_rows_and_the_mean_s(evaluation_run):
+    results, output, pretrained, finetuned, _, encoded, printed = evaluation_run
+    assert encoded == [("frozen-bert", MAX_TEXT_LENGTH)]
+    baselines = results["baselines"]
+    assert list(baselines) == [
+        "frozen text encoder (T)",
+        *(f"SCALE {m} feature" for m in evaluation.MODALITIES),
+        "random",
+    ]
+    assert baselines["frozen text encoder (T)"]["coarse"]["mAP@1"] == 100.0
+    assert baselines["SCALE text feature"]["coarse"]["mAP@1"] == 100.0
+    assert baselines["SCALE image feature"]["coarse"]["mAP@1"] == 0.0
+    assert baselines["frozen text encoder (T)"]["fine"]["mAP@1"] == pytest.approx(100 / 3)
+    # cross-subset: queries c1, c2 are not swapped, so only the gallery decides
+    pretrained_rows = results["cross_subset"]["pretrained"]
+    finetuned_rows = results["cross_subset"]["finetuned"]
+    assert list(pretrained_rows) == ["T", "I", "T+I", "T+I+Tab"]
+    assert pretrained_rows["I"]["cross"]["mAP@1"] == 100.0  # full gallery: embedded with its caption
+    assert pretrained_rows["I"]["like_for_like"]["mAP@1"] == 0.0  # gallery from the image only
+    assert pretrained_rows["T+I"]["like_for_like"]["mAP@1"] == 100.0
+    assert finetuned_rows["T"]["cross"]["mAP@1"] == 0.0
+    # the gallery's own-set share: only d2 (category 1, no audio) holds text, table, image and video
+    assert pretrained_rows["T+I+Tab"]["modality_set"]["gallery_share"] == 0.0
+    # mean S over every split row that holds both modalities (category-1 items: S = 2 and no audio)
+    labels = np.array([ITEMS[i][0] for ids in SPLITS.values() for i in ids])
+    matrix = np.array(results["alignment_matrix"]["mean_S"], dtype=float)
+    assert matrix[0, 0] == pytest.approx(1 + (labels == 1).mean())
+    assert matrix[4, 4] == pytest.approx(1.0) and matrix[0, 4] == pytest.approx(1.0)
+    assert results["alignment_matrix"]["combination"] == "T+Tab+I+V+A"
+    for name in ("alignment_matrix.png", "tsne.png"):
+        assert (output / name).stat().st_size > 1000
+    # the tables: on disk, printed, and in both model cards
+    markdown = (output / "results.md").read_text()
+    assert markdown == evaluation.format_tables(results) and markdown in printed
+    assert "| frozen text encoder (T) | 100.00 |" in markdown
+    assert "| pretrained | I | 100.00 |" in markdown
+    assert markdown in (pretrained / "README.md").read_text()
+    assert markdown in (finetuned / "README.md").read_text()
+
+
+def test_evaluate_leaves_out_what_it_is_told_to(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluation, "load_split", fake_split)
+    monkeypatch.setattr(evaluation, "extract_embeddings", modality_embeddings)
+    monkeypatch.setattr(evaluation, "load_model", lambda path, head, device: (FakeModel(False), None))
+    model_dir = tmp_path / "pretrained"
+    model_dir.mkdir()
+    args = evaluation.parse_args(
+        ["--model_dir", str(model_dir), "--output_dir", str(tmp_path / "eval"), "--combinations", "text"]
+        + ["--no_baselines", "--no_plots", "--no_model_card", "--features", "simcl", "--backend", "faiss"]
+    )
+    results = evaluation.evaluate(args)
+    assert "baselines" not in results and "alignment_matrix" not in results
+    assert results["finetuned"] == {} and list(results["cross_subset"]) == ["pretrained"]
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["results.json", "results.md"]
+    assert not (model_dir / "README.md").exists()
+    # simcl features: the mean of the per-modality features, of which only the caption's is in place
+    assert results["pretrained"]["T"]["coarse"]["mAP@1"] == 100.0
+    assert results["pretrained_features"] == "simcl"
+
+
+def test_parse_args_defaults_are_the_documented_ones():
+    args = evaluation.parse_args([])
+    assert (args.model_dir, args.finetuned_dir, args.output_dir) == ("outputs/pretrain", None, "outputs/eval")
+    assert (args.combinations, args.batch_size, args.num_workers, args.seed) == ("table3", 64, 0, 0)
+    assert (args.backend, args.features, args.device) == ("auto", "fused", evaluation.default_device())
+    assert args.text_encoder == evaluation.default_text_encoder()
+    assert not (args.no_baselines or args.no_plots or args.no_model_card)
+    assert evaluation.parse_args(["--device", "cpu"]).device == torch.device("cpu")
+
+
+def test_classifier_accuracy_counts_only_labelled_items(monkeypatch):
+    monkeypatch.setattr(evaluation, "extract_embeddings", modality_embeddings)
+    test = fake_split("unused", "classification", "test")
+    assert evaluation.classifier_accuracy(FakeModel(False), None, test, ("text",), 4, "cpu") == 100.0
+    unlabelled = test.filter(lambda row: row["label"] < 0)
+    assert evaluation.classifier_accuracy(FakeModel(False), None, unlabelled, ("text",), 4, "cpu") == 0.0

@@ -2,16 +2,23 @@
 
 import subprocess
 import sys
+from argparse import Namespace
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.tracking import GeneralTracker
 from safetensors.torch import load_file
 from tiny_m5product import converted_tiny_sample, minilm_path
+from transformers.utils import ModelOutput
 
 from modeling_scale import ScaleConfig, ScaleForPreTraining
 from train.components import load_split
-from train.training_loop import EpochShuffleSampler, TrainingState, checkpoint_dirs, parameter_groups
+from train.training_loop import EpochShuffleSampler, TrainingState, checkpoint_dirs, parameter_groups, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,3 +165,199 @@ def test_save_checkpoint_keeps_only_the_newest_limit(tmp_path):
     assert [Path(c).name for c in checkpoint_dirs(str(tmp_path))] == ["step_3", "step_4"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_3", "step_4"]
     assert TrainingState.load(checkpoint_dirs(str(tmp_path))[-1]).global_step == 4
+
+
+class _Recorder(GeneralTracker):
+    """An accelerate tracker that keeps what it is given."""
+
+    name = "recorder"
+    requires_logging_directory = False
+
+    def __init__(self):
+        super().__init__()
+        self.config: dict = {}
+        self.logs: list[tuple[int, dict]] = []
+
+    @property
+    def tracker(self):
+        return self
+
+    def store_init_configuration(self, values: dict) -> None:
+        self.config = dict(values)
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        self.logs.append((step, dict(values)))
+
+
+@dataclass
+class _ToyOutput(ModelOutput):
+    loss: torch.Tensor | None = None
+    squared_error: torch.Tensor | None = None
+    unused: torch.Tensor | None = None
+
+
+class _ToyRegression(torch.nn.Module):
+    """y = w·x + b + shift behind a dropout: a weight and a bias (two parameter groups) and an RNG that the
+    resume must restore. `shift` is required, so it only runs when the loop adds the extra inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 1)
+        self.dropout = torch.nn.Dropout(0.5)
+
+    @property
+    def base_model(self) -> torch.nn.Module:
+        return self
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, shift: torch.Tensor) -> _ToyOutput:
+        prediction = self.linear(self.dropout(x)).squeeze(-1) + shift
+        loss = ((prediction - y) ** 2).mean()
+        return _ToyOutput(loss=loss, squared_error=loss.detach() * 2)
+
+
+TOY_ROWS = 10
+TOY_FAILING_ROWS = (3, 7)
+
+
+def _toy_dataset() -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(TOY_ROWS, 4, generator=generator)
+    return [{"index": i, "x": x[i], "y": x[i].sum()} for i in range(TOY_ROWS)]
+
+
+def _toy_collate(rows: list[dict]) -> dict:
+    return {
+        "x": torch.stack([row["x"] for row in rows]),
+        "y": torch.stack([row["y"] for row in rows]),
+        "row_index": [row["index"] for row in rows],  # bookkeeping: not a tensor, so not a model input
+        "input_failures": [
+            {"item_id": f"row{row['index']}", "modality": "image", "reason": "unreadable"}
+            for row in rows
+            if row["index"] in TOY_FAILING_ROWS
+        ],
+    }
+
+
+def _toy_args(output_dir: Path, **overrides) -> Namespace:
+    """Batches of 2 from 10 rows, 2 accumulated: 5 batches and 3 updates an epoch (the last update has one
+    batch); 2 epochs = 6 updates; linear schedule with 2 warm-up updates."""
+    values = {
+        "output_dir": str(output_dir),
+        "per_device_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "learning_rate": 0.1,
+        "text_encoder_lr_scale": 0.1,
+        "alignment_lr_scale": 1.0,
+        "weight_decay": 0.01,
+        "adam_beta2": 0.999,
+        "max_grad_norm": 1.0,
+        "lr_scheduler_type": "linear",
+        "warmup_ratio": 0.34,
+        "num_epochs": 2,
+        "max_steps": None,
+        "num_workers": 0,
+        "seed": 5,
+        "checkpointing_steps": 2,
+        "checkpoints_total_limit": 2,
+        "resume_from_checkpoint": None,
+        "logging_steps": 2,
+        "report_to": "recorder",
+    }
+    return Namespace(**{**values, **overrides})
+
+
+def _run_toy(args: Namespace, monkeypatch, tracker: GeneralTracker | None = None):
+    """(model, state, clip calls) of `train` on the toy regression, in this process."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(
+        cpu=True, gradient_accumulation_steps=args.gradient_accumulation_steps, log_with=tracker and [tracker]
+    )
+    clips = []
+    clip = accelerator.clip_grad_norm_
+
+    def recording_clip(parameters, max_norm, *rest, **kwargs):
+        clips.append(max_norm)
+        return clip(parameters, max_norm, *rest, **kwargs)
+
+    monkeypatch.setattr(accelerator, "clip_grad_norm_", recording_clip)
+    torch.manual_seed(0)
+    model = _ToyRegression()
+    state = train(
+        args,
+        accelerator,
+        model,
+        _toy_dataset(),
+        _toy_collate,
+        loss_names=("loss", "squared_error", "unused"),
+        extra_scalars=lambda outputs, batch: {
+            "toy/mean_row": torch.tensor(batch["row_index"], dtype=torch.float).mean()
+        },
+        extra_inputs=lambda inputs: {"shift": torch.full_like(inputs["y"], 0.5)},
+    )
+    return model, state, clips
+
+
+def test_train_updates_logs_checkpoints_and_counts_as_configured(tmp_path, monkeypatch):
+    recorder = _Recorder()
+    args = _toy_args(tmp_path)
+    model, state, clips = _run_toy(args, monkeypatch, recorder)
+
+    assert (state.global_step, state.epoch, state.batches_in_epoch) == (6, 1, 5)
+    assert clips == [1.0] * 6  # once per update, not per accumulated batch
+    # every row's failures, once per epoch, merged at the end
+    failures = state.extra["input_failures"]
+    assert failures["count"] == 4 and failures["by_modality"] == {"image": 4}
+    assert sorted(f["item_id"] for f in failures["items"]) == ["row3", "row3", "row7", "row7"]
+
+    # logs every 2 updates: window means over the batches of those updates, in the sampler's order
+    orders = [list(EpochShuffleSampler(TOY_ROWS, seed=5)), []]
+    second = EpochShuffleSampler(TOY_ROWS, seed=5)
+    second.set_epoch(1)
+    orders[1] = list(second)
+    batches = [order[k : k + 2] for order in orders for k in range(0, TOY_ROWS, 2)]
+    windows = {2: batches[0:4], 4: batches[4:7], 6: batches[7:10]}
+    assert [step for step, _ in recorder.logs] == [2, 4, 6]
+    for step, logs in recorder.logs:
+        expected_row = np.mean([np.mean(batch) for batch in windows[step]])
+        assert logs["toy/mean_row"] == pytest.approx(expected_row)
+        assert logs["train/squared_error"] == pytest.approx(2 * logs["train/loss"])
+        assert "train/unused" not in logs
+    # linear schedule, 2 warm-up updates of 6: lr after 2, 4, 6 scheduler steps
+    assert [logs["lr/rest"] for _, logs in recorder.logs] == pytest.approx([0.1, 0.05, 0.0])
+    assert [logs["lr/rest_no_decay"] for _, logs in recorder.logs] == pytest.approx([0.1, 0.05, 0.0])
+    assert recorder.config["learning_rate"] == 0.1 and recorder.config["report_to"] == "recorder"
+    assert "max_steps" not in recorder.config  # None is not a tracker value
+
+    # checkpoints every 2 updates, the newest 2 kept, each with where the run was and the failures so far
+    checkpoints = checkpoint_dirs(str(tmp_path))
+    assert [Path(c).name for c in checkpoints] == ["step_4", "step_6"]
+    middle = TrainingState.load(checkpoints[0])
+    assert (middle.global_step, middle.epoch, middle.batches_in_epoch) == (4, 1, 2)
+    seen = batches[:7]
+    expected_failures = sum(index in TOY_FAILING_ROWS for batch in seen for index in batch)
+    assert middle.extra["input_failures"]["count"] == expected_failures
+
+    # a resume from the middle checkpoint, in a new accelerator, ends on the very same weights
+    resumed_model, resumed_state, resumed_clips = _run_toy(
+        _toy_args(tmp_path / "resumed", resume_from_checkpoint=checkpoints[0], report_to="none"), monkeypatch
+    )
+    assert (resumed_state.global_step, resumed_state.epoch, resumed_state.batches_in_epoch) == (6, 1, 5)
+    assert len(resumed_clips) == 2
+    for name, parameter in model.state_dict().items():
+        torch.testing.assert_close(resumed_model.state_dict()[name], parameter, rtol=0, atol=0)
+    assert resumed_state.extra["input_failures"]["count"] == 4
+    # "latest" finds the newest checkpoint of the output folder: nothing left to do
+    latest_args = _toy_args(tmp_path, resume_from_checkpoint="latest")
+    _, latest_state, latest_clips = _run_toy(latest_args, monkeypatch)
+    assert latest_state.global_step == 6 and latest_clips == []
+
+
+def test_train_stops_at_max_steps_and_skips_clipping_and_logging_when_off(tmp_path, monkeypatch):
+    recorder = _Recorder()
+    args = _toy_args(tmp_path, max_steps=4, max_grad_norm=0.0, checkpointing_steps=0, logging_steps=3)
+    _, state, clips = _run_toy(args, monkeypatch, recorder)
+    assert (state.global_step, state.epoch, state.batches_in_epoch) == (4, 1, 2)
+    assert clips == [] and checkpoint_dirs(str(tmp_path)) == []
+    assert [step for step, _ in recorder.logs] == [3, 4]  # every 3 updates, and the last one
+    with pytest.raises(ValueError, match="fewer than one batch of 20"):
+        _run_toy(_toy_args(tmp_path, per_device_batch_size=20), monkeypatch)
