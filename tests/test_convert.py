@@ -1,12 +1,13 @@
 import json
 import os
 import shutil
+import sys
 
 import pytest
 import yaml
 from datasets import load_dataset
 
-from dataset_script.convert import SUMMARY_FILE, convert
+from dataset_script.convert import SUMMARY_FILE, convert, main
 from dataset_script.generate_sample import generate_sample
 from dataset_script.raw_layout import ANNOTATION_FILE, CONFIG_SPLITS, SPLIT_FILES, media_path, read_split_ids
 
@@ -136,7 +137,7 @@ def test_rerun_skips_complete_shards_and_redoes_only_a_damaged_one(tiny_raw, con
     assert changed == [damaged]
 
 
-def test_machines_split_the_shards_and_the_last_writes_the_card(tiny_raw, converted, tmp_path):
+def test_machines_split_the_shards_and_the_last_writes_the_card(tiny_raw, converted, tmp_path, monkeypatch):
     out_dir, summary = converted
     shared = str(tmp_path / "shared")
     # a small record budget: the annotation file is streamed once per wave of shards
@@ -145,8 +146,16 @@ def test_machines_split_the_shards_and_the_last_writes_the_card(tiny_raw, conver
     )
     assert not first["complete"] and first["missing_shards"] > 0
     assert not os.path.exists(os.path.join(shared, "README.md"))
-    second = convert(tiny_raw, shared, items_per_shard=ITEMS_PER_SHARD, shard_index=1, num_shards=2)
+    # the second machine through the command line, which returns nothing: its summary is the file it writes
+    argv = ["convert.py", tiny_raw, shared, "--items-per-shard", str(ITEMS_PER_SHARD), "--num-proc", "1"]
+    monkeypatch.setattr(
+        sys, "argv", [*argv, "--shard-index", "1", "--num-shards", "2", "--row-group-size", "4"]
+    )
+    main()
+    with open(os.path.join(shared, SUMMARY_FILE), encoding="utf-8") as handle:
+        second = json.load(handle)
     assert second["complete"] and os.path.exists(os.path.join(shared, "README.md"))
+    assert second["num_proc"] == 1
     assert first["rows_written"] + second["rows_written_this_run"] == sum(
         sizes["num_rows"] for sizes in summary["splits"].values()
     )
@@ -205,7 +214,8 @@ def broken(tiny_raw, tmp_path_factory):
 def test_bad_data_is_reported_and_nothing_valid_is_dropped(broken, tmp_path, capsys):
     raw_dir, bad = broken
     out_dir = str(tmp_path / "out")
-    summary = convert(raw_dir, out_dir, num_proc=2, items_per_shard=ITEMS_PER_SHARD)
+    # in this process (the 2-process pool is the `converted` fixture's): mutation testing sees write_shard
+    summary = convert(raw_dir, out_dir, num_proc=1, items_per_shard=ITEMS_PER_SHARD)
     assert summary["complete"]
     printed = capsys.readouterr().out
     with open(os.path.join(out_dir, SUMMARY_FILE), encoding="utf-8") as handle:
