@@ -21,8 +21,10 @@ def tiny_raw(tmp_path_factory):
     return raw_dir
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def converted(tiny_raw, tmp_path_factory):
+    """Per test, not per module: mutation testing runs for a function only the tests during which it ran, so
+    a module fixture's conversion would count for its first test alone."""
     out_dir = str(tmp_path_factory.mktemp("converted"))
     summary = convert(tiny_raw, out_dir, num_proc=2, items_per_shard=ITEMS_PER_SHARD, row_group_size=4)
     return out_dir, summary

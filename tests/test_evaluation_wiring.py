@@ -245,15 +245,11 @@ def modality_embeddings(model, processor, items, modalities, **kwargs) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def evaluation_run(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        return _evaluation_run(tmp_path_factory.mktemp("evaluation"), monkeypatch)
-
-
-def _evaluation_run(tmp_path, monkeypatch):
+@pytest.fixture
+def evaluation_run(tmp_path, monkeypatch):
     """evaluate() through main(): (results.json, output folder, model folders, load calls, encoder calls,
-    stdout)."""
+    stdout). Per test, not per module: mutation testing runs for a function only the tests during which it
+    ran, so a module fixture's work would count for its first test alone."""
     loaded, encoded = [], []
 
     def load_model(path, head, device):

@@ -1,5 +1,6 @@
 """The Accelerate loop: deterministic shuffling, parameter groups, and kill-and-resume = uninterrupted run."""
 
+import argparse
 import subprocess
 import sys
 from argparse import Namespace
@@ -18,7 +19,15 @@ from transformers.utils import ModelOutput
 
 from modeling_scale import ScaleConfig, ScaleForPreTraining
 from train.components import load_split
-from train.training_loop import EpochShuffleSampler, TrainingState, checkpoint_dirs, parameter_groups, train
+from train.training_loop import (
+    EpochShuffleSampler,
+    TrainingState,
+    add_training_arguments,
+    checkpoint_dirs,
+    make_accelerator,
+    parameter_groups,
+    train,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -361,3 +370,66 @@ def test_train_stops_at_max_steps_and_skips_clipping_and_logging_when_off(tmp_pa
     assert [step for step, _ in recorder.logs] == [3, 4]  # every 3 updates, and the last one
     with pytest.raises(ValueError, match="fewer than one batch of 20"):
         _run_toy(_toy_args(tmp_path, per_device_batch_size=20), monkeypatch)
+
+
+def test_training_options_default_to_the_documented_recipe_and_parse_their_types(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    assert vars(parser.parse_args([])) == {
+        "per_device_batch_size": 32,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-4,
+        "text_encoder_lr_scale": 0.1,
+        "alignment_lr_scale": 1.0,
+        "weight_decay": 0.01,
+        "adam_beta2": 0.999,
+        "max_grad_norm": 1.0,
+        "lr_scheduler_type": "linear",
+        "warmup_ratio": 0.1,
+        "num_epochs": 5,
+        "max_steps": None,
+        "num_workers": 0,
+        "seed": 42,
+        "mixed_precision": None,
+        "checkpointing_steps": 500,
+        "checkpoints_total_limit": 2,
+        "resume_from_checkpoint": None,
+        "logging_steps": 10,
+        "report_to": "tensorboard",
+    }
+    given = {
+        "per_device_batch_size": 3,
+        "gradient_accumulation_steps": 4,
+        "learning_rate": 0.5,
+        "text_encoder_lr_scale": 0.25,
+        "alignment_lr_scale": 2.5,
+        "weight_decay": 0.125,
+        "adam_beta2": 0.75,
+        "max_grad_norm": 3.5,
+        "lr_scheduler_type": "cosine",
+        "warmup_ratio": 0.375,
+        "num_epochs": 1.5,
+        "max_steps": 7,
+        "num_workers": 2,
+        "seed": 9,
+        "mixed_precision": "bf16",
+        "checkpointing_steps": 11,
+        "checkpoints_total_limit": 3,
+        "resume_from_checkpoint": "latest",
+        "logging_steps": 5,
+        "report_to": "none",
+    }
+    argv = [text for name, value in given.items() for text in (f"--{name}", str(value))]
+    assert vars(parser.parse_args(argv)) == given
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--mixed_precision", "fp8"])
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    given["mixed_precision"] = "no"  # a CPU process keeps the precision of its first accelerator
+    accelerator = make_accelerator(Namespace(**given, output_dir=str(tmp_path)))
+    assert accelerator.gradient_accumulation_steps == 4 and accelerator.log_with == []
+    assert accelerator.project_dir == str(tmp_path)
+    assert accelerator.logging_dir == str(tmp_path / "logs")
+    assert accelerator.ddp_handler.find_unused_parameters  # a batch may lack a modality's encoder
+    tracked = make_accelerator(Namespace(**{**given, "report_to": "tensorboard"}, output_dir=str(tmp_path)))
+    assert [str(tracker) for tracker in tracked.log_with] == ["tensorboard"]
