@@ -384,3 +384,48 @@ def test_classifier_accuracy_counts_only_labelled_items(monkeypatch):
     assert evaluation.classifier_accuracy(FakeModel(False), None, test, ("text",), 4, "cpu") == 100.0
     unlabelled = test.filter(lambda row: row["label"] < 0)
     assert evaluation.classifier_accuracy(FakeModel(False), None, unlabelled, ("text",), 4, "cpu") == 0.0
+
+
+def test_alignment_plot_writes_each_known_value_in_its_cell(tmp_path):
+    matrix = np.arange(25, dtype=float).reshape(5, 5) / 8
+    matrix[1, 3] = np.nan  # no item has both modalities
+    path = tmp_path / "alignment.png"
+    axis = evaluation.plot_alignment(matrix, str(path)).axes[0]
+    cells = {
+        (round(text.get_position()[1]), round(text.get_position()[0])): text.get_text() for text in axis.texts
+    }
+    assert cells == {(i, j): f"{matrix[i, j]:.2f}" for i in range(5) for j in range(5) if (i, j) != (1, 3)}
+    np.testing.assert_array_equal(axis.images[0].get_array().filled(np.nan), matrix)
+    assert [label.get_text() for label in axis.get_xticklabels()] == list(evaluation.MODALITIES)
+    assert [label.get_text() for label in axis.get_yticklabels()] == list(evaluation.MODALITIES)
+    assert axis.get_title() == "SIMCL alignment matrix S (mean)"
+    assert path.stat().st_size > 1000
+
+
+def test_tsne_plot_colours_every_product_by_its_category(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 3, 5], 6)
+    embeds = rng.standard_normal((18, DIM)) + 4 * labels[:, None]
+    path = tmp_path / "tsne.png"
+    axis = evaluation.plot_tsne(embeds, labels, str(path), seed=0).axes[0]
+    points = axis.collections[0]
+    assert points.get_offsets().shape == (18, 2)
+    np.testing.assert_array_equal(points.get_array(), labels)
+    assert axis.get_title() == "t-SNE of product embeddings (3 categories)"
+    # the categories stay apart: each point's nearest other point is of its own category
+    offsets = np.asarray(points.get_offsets())
+    distances = np.linalg.norm(offsets[:, None] - offsets[None], axis=-1) + np.eye(18) * 1e9
+    assert (labels[distances.argmin(1)] == labels).all()
+    assert path.stat().st_size > 1000
+
+
+def test_mean_alignment_averages_each_pair_over_the_items_holding_both():
+    first, second = np.zeros(5, np.int64), np.zeros(5, np.int64)
+    first[[0, 1]], second[[0, 2]] = 1, 1  # text + table, text + image
+    embeds = {
+        "a": {"alignment_scores": np.full((1, 5, 5), 1.0), "modality_mask": first[None]},
+        "b": {"alignment_scores": np.full((1, 5, 5), 3.0), "modality_mask": second[None]},
+    }
+    matrix = evaluation.mean_alignment(embeds)
+    assert (matrix[0, 0], matrix[0, 1], matrix[0, 2], matrix[2, 2]) == (2.0, 1.0, 3.0, 3.0)
+    assert np.isnan(matrix[1, 2]) and np.isnan(matrix[3, 3]) and np.isnan(matrix[0, 4])

@@ -448,7 +448,8 @@ def mean_alignment(embeds: dict) -> np.ndarray:
     return np.where(counts > 0, (scores * both).sum(0) / np.maximum(counts, 1), np.nan)
 
 
-def plot_alignment(matrix: np.ndarray, path: str) -> None:
+def plot_alignment(matrix: np.ndarray, path: str):
+    """Heat map of `matrix` with each known value written in its cell, saved to `path`; returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -467,10 +468,11 @@ def plot_alignment(matrix: np.ndarray, path: str) -> None:
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+    return figure
 
 
-def plot_tsne(embeds: np.ndarray, labels: np.ndarray, path: str, seed: int) -> None:
-    """Fig. 6: t-SNE of product embeddings, coloured by category (top-level group in the legend)."""
+def plot_tsne(embeds: np.ndarray, labels: np.ndarray, path: str, seed: int):
+    """Fig. 6: t-SNE of product embeddings coloured by category, saved to `path`; returns the figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -487,6 +489,7 @@ def plot_tsne(embeds: np.ndarray, labels: np.ndarray, path: str, seed: int) -> N
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+    return figure
 
 
 def load_model(path: str, head: str, device):
