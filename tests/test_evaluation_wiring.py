@@ -250,7 +250,11 @@ def evaluation_run(tmp_path, monkeypatch):
     """evaluate() through main(): (results.json, output folder, model folders, load calls, encoder calls,
     stdout). Per test, not per module: mutation testing runs for a function only the tests during which it
     ran, so a module fixture's work would count for its first test alone."""
-    loaded, encoded = [], []
+    loaded, encoded, extracted = [], [], []
+
+    def recording_extractor(model, processor, items, modalities, **kwargs) -> dict:
+        extracted.append((model.swapped, "+".join(modalities), set(items["item_id"])))
+        return modality_embeddings(model, processor, items, modalities, **kwargs)
 
     def load_model(path, head, device):
         loaded.append((path, head, str(device)))
@@ -261,7 +265,7 @@ def evaluation_run(tmp_path, monkeypatch):
         return np.stack([ITEMS[caption.removeprefix("caption of ")][2] for caption in captions])
 
     monkeypatch.setattr(evaluation, "load_split", fake_split)
-    monkeypatch.setattr(evaluation, "extract_embeddings", modality_embeddings)
+    monkeypatch.setattr(evaluation, "extract_embeddings", recording_extractor)
     monkeypatch.setattr(evaluation, "load_model", load_model)
     monkeypatch.setattr(evaluation, "text_encoder_embeddings", frozen_text_encoder)
     pretrained, finetuned, output = tmp_path / "pretrained", tmp_path / "finetuned", tmp_path / "eval"
@@ -273,11 +277,29 @@ def evaluation_run(tmp_path, monkeypatch):
     with contextlib.redirect_stdout(printed):
         evaluation.main(argv)
     results = json.loads((output / "results.json").read_text())
-    return results, output, pretrained, finetuned, loaded, encoded, printed.getvalue()
+    return results, output, pretrained, finetuned, loaded, encoded, printed.getvalue(), extracted
 
 
 def test_evaluate_scores_each_model_and_combination_from_its_own_embeddings(evaluation_run):
-    results, _, pretrained, finetuned, loaded, encoded, _ = evaluation_run
+    results, _, pretrained, finetuned, loaded, encoded, _, extracted = evaluation_run
+    # each model embeds each modality set once, reusing them for the cross-subset rows; the fine-tuned
+    # model skips the probe's training items (classification/train holds t0, t1, ...)
+    every = {i for ids in SPLITS.values() for i in ids}
+    no_probe = {i for key, ids in SPLITS.items() if key != ("classification", "train") for i in ids}
+    coarse = set(SPLITS["retrieval_coarse", "query"] + SPLITS["retrieval_coarse", "gallery"])
+    everything = "text+table+image+video+audio"
+    assert extracted == [
+        (False, "text", every),
+        (False, "image", every),
+        (False, everything, every),
+        (False, "text+image", coarse),
+        (False, "text+image+table", coarse),
+        (True, "text", no_probe),
+        (True, "image", no_probe),
+        (True, "text+image", coarse),
+        (True, "text+image+table", coarse),
+        (True, everything, coarse),
+    ]
     assert loaded == [(str(pretrained), "base", "cpu"), (str(finetuned), "classification", "cpu")]
     assert results["combinations"] == [["text"], ["image"]]
     assert results["split_sizes"] == {f"{c}/{s}": len(ids) for (c, s), ids in SPLITS.items()}
@@ -309,7 +331,7 @@ def test_evaluate_scores_each_model_and_combination_from_its_own_embeddings(eval
 
 
 def test_evaluate_adds_baselines_cross_subset_rows_and_the_mean_s(evaluation_run):
-    results, output, pretrained, finetuned, _, encoded, printed = evaluation_run
+    results, output, pretrained, finetuned, _, encoded, printed, _ = evaluation_run
     assert encoded == [("frozen-bert", MAX_TEXT_LENGTH)]
     baselines = results["baselines"]
     assert list(baselines) == [
