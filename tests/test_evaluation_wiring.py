@@ -209,8 +209,8 @@ def test_simcl_features_average_the_normalised_features_of_present_modalities():
 
 
 # the whole evaluation, from the command line to results.json, results.md, plots and model cards, with the
-# extractor and the models replaced by tables: "d1" and "d2" trade embeddings wherever the caption is left out
-# and in the fine-tuned model, so each row's coarse mAP@1 says which embeddings it was computed from
+# extractor and the models replaced by tables: "d1" and "d2" trade embeddings where the pretrained model lacks
+# the caption and where the fine-tuned one has it, so each row's coarse mAP@1 says which embeddings it used
 SWAPPED = {**{i: item[2] for i, item in ITEMS.items()}, "d1": ITEMS["d2"][2], "d2": ITEMS["d1"][2]}
 MAX_TEXT_LENGTH = 17
 
@@ -218,8 +218,8 @@ MAX_TEXT_LENGTH = 17
 class FakeModel:
     """What evaluate() reads of a model: its config's text length and, fine-tuned, its classifier."""
 
-    def __init__(self, swapped: bool):
-        self.swapped = swapped
+    def __init__(self, fine_tuned: bool):
+        self.fine_tuned = fine_tuned
         self.config = Namespace(max_text_length=MAX_TEXT_LENGTH)
         self.classifier = torch.nn.Linear(DIM, 2, bias=False)
         with torch.no_grad():  # class 0 along axis 5, class 1 along axis 7
@@ -228,7 +228,7 @@ class FakeModel:
 
 def modality_embeddings(model, processor, items, modalities, **kwargs) -> dict:
     ids = list(items["item_id"])
-    vectors = SWAPPED if model.swapped or "text" not in modalities else {i: ITEMS[i][2] for i in ids}
+    vectors = SWAPPED if ("text" in modalities) == model.fine_tuned else {i: ITEMS[i][2] for i in ids}
     labels = np.array([ITEMS[i][0] for i in ids])
     mask = np.array([[int(m in modalities) for m in evaluation.MODALITIES] for _ in ids])
     mask[labels == 1, 4] = 0  # category-1 items have no audio
@@ -253,15 +253,17 @@ def evaluation_run(tmp_path, monkeypatch):
     loaded, encoded, extracted = [], [], []
 
     def recording_extractor(model, processor, items, modalities, **kwargs) -> dict:
-        extracted.append((model.swapped, "+".join(modalities), set(items["item_id"])))
+        assert processor == f"processor of {model.fine_tuned}"  # the model's own
+        extracted.append((model.fine_tuned, "+".join(modalities), set(items["item_id"])))
         return modality_embeddings(model, processor, items, modalities, **kwargs)
 
     def load_model(path, head, device):
         loaded.append((path, head, str(device)))
-        return FakeModel(swapped=head == "classification"), None
+        model = FakeModel(fine_tuned=head == "classification")
+        return model, f"processor of {model.fine_tuned}"
 
     def frozen_text_encoder(encoder_dir, captions, max_length, batch_size, device):
-        encoded.append((encoder_dir, max_length))
+        encoded.append((encoder_dir, max_length, batch_size, str(device)))
         return np.stack([ITEMS[caption.removeprefix("caption of ")][2] for caption in captions])
 
     monkeypatch.setattr(evaluation, "load_split", fake_split)
@@ -308,12 +310,12 @@ def test_evaluate_scores_each_model_and_combination_from_its_own_embeddings(eval
         for features in ("pretrained", "finetuned")
         for name, row in results[features].items()
     }
-    # the caption keeps d1 and d2 in place (both coarse queries hit); without it, or fine-tuned, both miss
+    # d1 and d2 in place: both coarse queries find their category (not their instance); traded: both miss
     assert coarse == {
         ("pretrained", "T"): 100.0,
         ("pretrained", "I"): 0.0,
         ("finetuned", "T"): 0.0,
-        ("finetuned", "I"): 0.0,
+        ("finetuned", "I"): 100.0,
     }
     for features in ("pretrained", "finetuned"):
         for row in results[features].values():
@@ -332,7 +334,7 @@ def test_evaluate_scores_each_model_and_combination_from_its_own_embeddings(eval
 
 def test_evaluate_adds_baselines_cross_subset_rows_and_the_mean_s(evaluation_run):
     results, output, pretrained, finetuned, _, encoded, printed, _ = evaluation_run
-    assert encoded == [("frozen-bert", MAX_TEXT_LENGTH)]
+    assert encoded == [("frozen-bert", MAX_TEXT_LENGTH, 4, "cpu")]
     baselines = results["baselines"]
     assert list(baselines) == [
         "frozen text encoder (T)",
@@ -373,7 +375,9 @@ def test_evaluate_adds_baselines_cross_subset_rows_and_the_mean_s(evaluation_run
 def test_evaluate_leaves_out_what_it_is_told_to(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluation, "load_split", fake_split)
     monkeypatch.setattr(evaluation, "extract_embeddings", modality_embeddings)
-    monkeypatch.setattr(evaluation, "load_model", lambda path, head, device: (FakeModel(False), None))
+    monkeypatch.setattr(
+        evaluation, "load_model", lambda path, head, device: (FakeModel(False), "processor of False")
+    )
     model_dir = tmp_path / "pretrained"
     model_dir.mkdir()
     args = evaluation.parse_args(
@@ -403,9 +407,17 @@ def test_parse_args_defaults_are_the_documented_ones():
 def test_classifier_accuracy_counts_only_labelled_items(monkeypatch):
     monkeypatch.setattr(evaluation, "extract_embeddings", modality_embeddings)
     test = fake_split("unused", "classification", "test")
-    assert evaluation.classifier_accuracy(FakeModel(False), None, test, ("text",), 4, "cpu") == 100.0
+    assert (
+        evaluation.classifier_accuracy(FakeModel(False), "processor of False", test, ("text",), 4, "cpu")
+        == 100.0
+    )
     unlabelled = test.filter(lambda row: row["label"] < 0)
-    assert evaluation.classifier_accuracy(FakeModel(False), None, unlabelled, ("text",), 4, "cpu") == 0.0
+    assert (
+        evaluation.classifier_accuracy(
+            FakeModel(False), "processor of False", unlabelled, ("text",), 4, "cpu"
+        )
+        == 0.0
+    )
 
 
 def test_alignment_plot_writes_each_known_value_in_its_cell(tmp_path):
@@ -451,3 +463,24 @@ def test_mean_alignment_averages_each_pair_over_the_items_holding_both():
     matrix = evaluation.mean_alignment(embeds)
     assert (matrix[0, 0], matrix[0, 1], matrix[0, 2], matrix[2, 2]) == (2.0, 1.0, 3.0, 3.0)
     assert np.isnan(matrix[1, 2]) and np.isnan(matrix[3, 3]) and np.isnan(matrix[0, 4])
+
+
+def test_baselines_skip_a_text_encoder_named_none_and_draw_the_same_random_vectors_for_a_seed(monkeypatch):
+    monkeypatch.setattr(evaluation, "load_split", fake_split)
+    data = evaluation.SplitEmbeddings("unused", list(SPLITS))
+    full = modality_embeddings(FakeModel(False), None, data.items, evaluation.MODALITIES)
+    rows = data.rows_by_split(full["item_ids"])
+    full_embeds = {
+        key: {
+            name: value[rows[key]]
+            for name, value in full.items()
+            if name != "item_ids" and name != "input_failures"
+        }
+        for key in SPLITS
+    }
+    args = Namespace(text_encoder="none", batch_size=4, device="cpu", backend="faiss", seed=3)
+    first = evaluation.baseline_scores(data, full_embeds, MAX_TEXT_LENGTH, args)
+    assert "frozen text encoder (T)" not in first and "random" in first
+    assert evaluation.baseline_scores(data, full_embeds, MAX_TEXT_LENGTH, args)["random"] == first["random"]
+    args.seed = 4
+    assert evaluation.baseline_scores(data, full_embeds, MAX_TEXT_LENGTH, args)["random"] != first["random"]

@@ -421,11 +421,20 @@ def test_training_options_default_to_the_documented_recipe_and_parse_their_types
     }
     argv = [text for name, value in given.items() for text in (f"--{name}", str(value))]
     assert vars(parser.parse_args(argv)) == given
+    for precision in ("no", "fp16", "bf16"):
+        assert parser.parse_args(["--mixed_precision", precision]).mixed_precision == precision
     with pytest.raises(SystemExit):
         parser.parse_args(["--mixed_precision", "fp8"])
 
-    AcceleratorState._reset_state(reset_partial_state=True)
-    given["mixed_precision"] = "no"  # a CPU process keeps the precision of its first accelerator
+    AcceleratorState._reset_state(
+        reset_partial_state=True
+    )  # a process keeps its first accelerator's precision
+    try:
+        accelerator = make_accelerator(Namespace(**given, output_dir=str(tmp_path)))
+        assert accelerator.mixed_precision == "bf16"
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    given["mixed_precision"] = "no"
     accelerator = make_accelerator(Namespace(**given, output_dir=str(tmp_path)))
     assert accelerator.gradient_accumulation_steps == 4 and accelerator.log_with == []
     assert accelerator.project_dir == str(tmp_path)
