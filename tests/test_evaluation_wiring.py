@@ -405,7 +405,16 @@ def test_parse_args_defaults_are_the_documented_ones():
 
 
 def test_classifier_accuracy_counts_only_labelled_items(monkeypatch):
-    monkeypatch.setattr(evaluation, "extract_embeddings", modality_embeddings)
+    def unnormalised_embeddings(model, processor, items, modalities, **kwargs) -> dict:
+        assert processor == "processor of False" and modalities == ("text",)
+        assert kwargs == {
+            "batch_size": 4,
+            "device": "cpu",
+            "normalize": False,
+        }  # the head reads raw embeddings
+        return modality_embeddings(model, processor, items, modalities)
+
+    monkeypatch.setattr(evaluation, "extract_embeddings", unnormalised_embeddings)
     test = fake_split("unused", "classification", "test")
     assert (
         evaluation.classifier_accuracy(FakeModel(False), "processor of False", test, ("text",), 4, "cpu")
@@ -484,3 +493,62 @@ def test_baselines_skip_a_text_encoder_named_none_and_draw_the_same_random_vecto
     assert evaluation.baseline_scores(data, full_embeds, MAX_TEXT_LENGTH, args)["random"] == first["random"]
     args.seed = 4
     assert evaluation.baseline_scores(data, full_embeds, MAX_TEXT_LENGTH, args)["random"] != first["random"]
+
+
+def test_baseline_and_cross_subset_tables_put_each_number_in_its_cell():
+    def row(first: float, accuracy_name: str = "linear_probe_accuracy") -> dict:
+        columns = evaluation.RETRIEVAL_COLUMNS
+        return {
+            "coarse": {c: first + i for i, c in enumerate(columns)},
+            "fine": {c: first + 10 + i for i, c in enumerate(columns)},
+            accuracy_name: first + 20,
+            "clustering": {"NMI": first + 21, "Purity": first + 22},
+        }
+
+    full = "T+Tab+I+V+A"
+    results = {
+        "pretrained": {full: row(1)},
+        "finetuned": {full: row(30, "accuracy")},
+        "baselines": {"frozen text encoder (T)": row(60), "random": row(90)},
+    }
+    assert evaluation.baseline_table(results) == [
+        "**Baselines** — frozen features scored like SCALE's (coarse and fine retrieval; accuracy: linear "
+        "probe, or the fine-tuned classifier where marked; k-means NMI / Purity)",
+        "",
+        "| Features | coarse mAP@1 | coarse mAP@10 | coarse Prec@10 | fine mAP@1 | Accuracy | NMI | Purity |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| SCALE pretrained ({full}) | 1.00 | 3.00 | 6.00 | 11.00 | 21.00 | 22.00 | 23.00 |",
+        "| frozen text encoder (T) | 60.00 | 62.00 | 65.00 | 70.00 | 80.00 | 81.00 | 82.00 |",
+        "| random | 90.00 | 92.00 | 95.00 | 100.00 | 110.00 | 111.00 | 112.00 |",
+        f"| SCALE fine-tuned ({full}, classifier accuracy) | 30.00 | 32.00 | 35.00 | 40.00 | 50.00 | – | – |",
+    ]
+    # without an all-modality model, only the baselines
+    only_baselines = evaluation.baseline_table(
+        {"pretrained": {"T": row(1)}, "baselines": results["baselines"]}
+    )
+    assert only_baselines[4:] == [
+        "| frozen text encoder (T) | 60.00 | 62.00 | 65.00 | 70.00 | 80.00 | 81.00 | 82.00 |",
+        "| random | 90.00 | 92.00 | 95.00 | 100.00 | 110.00 | 111.00 | 112.00 |",
+    ]
+
+    def cross_row(first: float) -> dict:
+        return {
+            "cross": row(first)["coarse"],
+            "like_for_like": row(first + 40)["coarse"],
+            "modality_set": {"top_share": first + 50, "gallery_share": first + 51, "ratio": first + 52},
+        }
+
+    lines = evaluation.cross_subset_table(
+        {"pretrained": {"T": cross_row(1)}, "finetuned": {"I": cross_row(2)}}
+    )
+    assert lines[2:] == [
+        "| Features | Query | mAP@1 | mAP@10 | Prec@10 | Prec@10 like-for-like | own-set share top 10 | "
+        "own-set share gallery | ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+        "| pretrained | T | 1.00 | 3.00 | 6.00 | 46.00 | 51.00 | 52.00 | 53.00 |",
+        "| finetuned | I | 2.00 | 4.00 | 7.00 | 47.00 | 52.00 | 53.00 | 54.00 |",
+    ]
+    assert lines[0].startswith(
+        "**Cross-subset retrieval** — coarse queries embedded from the listed modalities"
+    )
+    assert lines[1] == ""

@@ -175,7 +175,7 @@ def retrieval_scores(data: SplitEmbeddings, features: dict, config: str, label_o
     """The paper's retrieval metrics of `config`'s queries against its gallery; `features` maps a split key to
     its (N, D) features."""
     query, gallery = (config, "query"), (config, "gallery")
-    labels = data.labels if label_of == "label" else data.instances
+    labels = {"label": data.labels, "instance": data.instances}[label_of]
     return retrieval_metrics(
         _normalised(features[query]),
         labels[query],
