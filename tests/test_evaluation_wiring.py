@@ -366,6 +366,7 @@ def test_evaluate_adds_baselines_cross_subset_rows_and_the_mean_s(evaluation_run
     # the tables: on disk, printed, and in both model cards
     markdown = (output / "results.md").read_text()
     assert markdown == evaluation.format_tables(results) and markdown in printed
+    assert f"results in {output}/results.{{json,md}} ({results['seconds']} s)" in printed
     assert "| frozen text encoder (T) | 100.00 |" in markdown
     assert "| pretrained | I | 100.00 |" in markdown
     assert markdown in (pretrained / "README.md").read_text()

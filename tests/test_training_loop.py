@@ -25,6 +25,7 @@ from train.training_loop import (
     add_training_arguments,
     checkpoint_dirs,
     make_accelerator,
+    merge_input_failures,
     parameter_groups,
     train,
 )
@@ -276,7 +277,8 @@ def _toy_args(output_dir: Path, **overrides) -> Namespace:
 
 
 def _run_toy(args: Namespace, monkeypatch, tracker: GeneralTracker | None = None):
-    """(model, state, clip calls) of `train` on the toy regression, in this process."""
+    """(model, state, clip calls, tracker projects started) of `train` on the toy regression, in this
+    process."""
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(
         cpu=True, gradient_accumulation_steps=args.gradient_accumulation_steps, log_with=tracker and [tracker]
@@ -289,6 +291,14 @@ def _run_toy(args: Namespace, monkeypatch, tracker: GeneralTracker | None = None
         return clip(parameters, max_norm, *rest, **kwargs)
 
     monkeypatch.setattr(accelerator, "clip_grad_norm_", recording_clip)
+    projects = []
+    init_trackers = accelerator.init_trackers
+
+    def recording_init_trackers(project_name, *rest, **kwargs):
+        projects.append(project_name)
+        return init_trackers(project_name, *rest, **kwargs)
+
+    monkeypatch.setattr(accelerator, "init_trackers", recording_init_trackers)
     torch.manual_seed(0)
     model = _ToyRegression()
     state = train(
@@ -303,15 +313,17 @@ def _run_toy(args: Namespace, monkeypatch, tracker: GeneralTracker | None = None
         },
         extra_inputs=lambda inputs: {"shift": torch.full_like(inputs["y"], 0.5)},
     )
-    return model, state, clips
+    return model, state, clips, projects
 
 
-def test_train_updates_logs_checkpoints_and_counts_as_configured(tmp_path, monkeypatch):
+def test_train_updates_logs_checkpoints_and_counts_as_configured(tmp_path, monkeypatch, capsys):
     recorder = _Recorder()
-    args = _toy_args(tmp_path)
-    model, state, clips = _run_toy(args, monkeypatch, recorder)
+    args = _toy_args(tmp_path, checkpointing_steps=1, checkpoints_total_limit=3, adam_beta2=0.75)
+    model, state, clips, projects = _run_toy(args, monkeypatch, recorder)
 
     assert (state.global_step, state.epoch, state.batches_in_epoch) == (6, 1, 5)
+    assert projects == ["scale"]
+    assert "updates: 100%" in capsys.readouterr().err  # the progress bar, on the main process
     assert clips == [1.0] * 6  # once per update, not per accumulated batch
     # every row's failures, once per epoch, merged at the end
     failures = state.extra["input_failures"]
@@ -337,34 +349,44 @@ def test_train_updates_logs_checkpoints_and_counts_as_configured(tmp_path, monke
     assert recorder.config["learning_rate"] == 0.1 and recorder.config["report_to"] == "recorder"
     assert "max_steps" not in recorder.config  # None is not a tracker value
 
-    # checkpoints every 2 updates, the newest 2 kept, each with where the run was and the failures so far
+    # checkpoints every update, the newest 3 kept, each with where the run was and the failures so far
     checkpoints = checkpoint_dirs(str(tmp_path))
-    assert [Path(c).name for c in checkpoints] == ["step_4", "step_6"]
+    assert [Path(c).name for c in checkpoints] == ["step_4", "step_5", "step_6"]
     middle = TrainingState.load(checkpoints[0])
     assert (middle.global_step, middle.epoch, middle.batches_in_epoch) == (4, 1, 2)
     seen = batches[:7]
     expected_failures = sum(index in TOY_FAILING_ROWS for batch in seen for index in batch)
     assert middle.extra["input_failures"]["count"] == expected_failures
+    # the optimizer: AdamW with the configured beta2 and the groups' rates (after 4 of 6 scheduled updates)
+    optimizer = torch.load(Path(checkpoints[0]) / "optimizer.bin", weights_only=True)
+    groups = {group["name"]: group for group in optimizer["param_groups"]}
+    assert set(groups) == {"rest", "rest_no_decay"}
+    assert groups["rest"]["betas"] == (0.9, 0.75) and groups["rest"]["weight_decay"] == 0.01
+    assert groups["rest_no_decay"]["weight_decay"] == 0.0
+    assert groups["rest"]["initial_lr"] == 0.1 and groups["rest"]["lr"] == pytest.approx(0.05)
 
     # a resume from the middle checkpoint, in a new accelerator, ends on the very same weights
-    resumed_model, resumed_state, resumed_clips = _run_toy(
-        _toy_args(tmp_path / "resumed", resume_from_checkpoint=checkpoints[0], report_to="none"), monkeypatch
+    resumed_args = _toy_args(
+        tmp_path / "resumed", resume_from_checkpoint=checkpoints[0], report_to="none", adam_beta2=0.75
     )
+    resumed_model, resumed_state, resumed_clips, resumed_projects = _run_toy(resumed_args, monkeypatch)
     assert (resumed_state.global_step, resumed_state.epoch, resumed_state.batches_in_epoch) == (6, 1, 5)
-    assert len(resumed_clips) == 2
+    assert len(resumed_clips) == 2 and resumed_projects == []  # no tracker for report_to none
+    assert "4/6" in capsys.readouterr().err  # the bar starts where the run was
     for name, parameter in model.state_dict().items():
         torch.testing.assert_close(resumed_model.state_dict()[name], parameter, rtol=0, atol=0)
     assert resumed_state.extra["input_failures"]["count"] == 4
     # "latest" finds the newest checkpoint of the output folder: nothing left to do
     latest_args = _toy_args(tmp_path, resume_from_checkpoint="latest")
-    _, latest_state, latest_clips = _run_toy(latest_args, monkeypatch)
+    _, latest_state, latest_clips, _ = _run_toy(latest_args, monkeypatch)
     assert latest_state.global_step == 6 and latest_clips == []
 
 
 def test_train_stops_at_max_steps_and_skips_clipping_and_logging_when_off(tmp_path, monkeypatch):
     recorder = _Recorder()
     args = _toy_args(tmp_path, max_steps=4, max_grad_norm=0.0, checkpointing_steps=0, logging_steps=3)
-    _, state, clips = _run_toy(args, monkeypatch, recorder)
+    args.resume_from_checkpoint = "latest"  # with no checkpoint yet: a fresh start
+    _, state, clips, _ = _run_toy(args, monkeypatch, recorder)
     assert (state.global_step, state.epoch, state.batches_in_epoch) == (4, 1, 2)
     assert clips == [] and checkpoint_dirs(str(tmp_path)) == []
     assert [step for step, _ in recorder.logs] == [3, 4]  # every 3 updates, and the last one
@@ -442,3 +464,26 @@ def test_training_options_default_to_the_documented_recipe_and_parse_their_types
     assert accelerator.ddp_handler.find_unused_parameters  # a batch may lack a modality's encoder
     tracked = make_accelerator(Namespace(**{**given, "report_to": "tensorboard"}, output_dir=str(tmp_path)))
     assert [str(tracker) for tracker in tracked.log_with] == ["tensorboard"]
+
+
+def test_input_failures_are_all_counted_and_the_first_hundred_listed():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(cpu=True)
+    state = TrainingState()
+    pending = [
+        {"item_id": f"i{k}", "modality": "audio" if k % 3 else "video", "reason": "cut"} for k in range(98)
+    ]
+    merge_input_failures(accelerator, state, pending)
+    assert pending == []  # handed over
+    pending += [{"item_id": f"j{k}", "modality": "image", "reason": "cut"} for k in range(5)]
+    merge_input_failures(accelerator, state, pending)
+    failures = state.extra["input_failures"]
+    assert failures["count"] == 103 and failures["by_modality"] == {"video": 33, "audio": 65, "image": 5}
+    assert [f["item_id"] for f in failures["items"]][-3:] == ["i97", "j0", "j1"] and len(
+        failures["items"]
+    ) == 100
+
+
+def test_loading_a_folder_without_a_training_state_names_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path} is not a checkpoint of this script"):
+        TrainingState.load(str(tmp_path))
