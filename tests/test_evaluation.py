@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from datasets import load_dataset
-from tiny_m5product import minilm_path, trained_tiny_models
+from tiny_m5product import minilm_path, tiny_demo_model_parts, trained_tiny_models
 from transformers import AutoModel, AutoProcessor
 
 from train.embeddings import extract_embeddings
@@ -17,6 +17,7 @@ from train.evaluation import (
     combination_name,
     evaluate,
     format_tables,
+    load_model,
     parse_combinations,
 )
 
@@ -115,3 +116,19 @@ def test_extract_embeddings_uses_only_the_chosen_modalities_and_does_not_depend_
     assert has_both.any()
     assert not np.allclose(text_image["product_embeds"][has_both], embeds[has_both], atol=1e-4)
     assert text_image["alignment_scores"].shape == (len(gallery), 5, 5)
+
+
+def test_load_model_gives_the_head_asked_for_in_eval_mode_with_its_processor(tmp_path):
+    from modeling_scale import ScaleForProductClassification, ScaleModel
+
+    processor, config = tiny_demo_model_parts(num_labels=3)
+    for name, model_class in (("base", ScaleModel), ("classifier", ScaleForProductClassification)):
+        model_class(config).save_pretrained(tmp_path / name)
+        processor.save_pretrained(tmp_path / name)
+    model, loaded_processor = load_model(str(tmp_path / "base"), "base", torch.device("cpu"))
+    assert type(model) is ScaleModel and not model.training
+    assert loaded_processor.tokenizer.vocab == processor.tokenizer.vocab
+    classifier, _ = load_model(str(tmp_path / "classifier"), "classification", torch.device("cpu"))
+    assert type(classifier) is ScaleForProductClassification and not classifier.training
+    assert classifier.classifier.out_features == 3
+    assert next(classifier.parameters()).device == torch.device("cpu")
