@@ -200,10 +200,11 @@ def test_unreadable_inputs_are_collected_over_every_extraction(monkeypatch):
 
 
 def test_simcl_features_average_the_normalised_features_of_present_modalities():
-    modality_embeds = np.zeros((1, 5, DIM), np.float32)
-    modality_embeds[0, 0], modality_embeds[0, 2], modality_embeds[0, 4] = e((0, 2)), e((1, 5)), e((3, 9))
-    mask = np.array([[1, 0, 1, 0, 0]])  # the audio feature (index 4) belongs to no present modality
-    np.testing.assert_allclose(evaluation.simcl_features(modality_embeds, mask), [e((0, 0.5), (1, 0.5))])
+    modality_embeds = np.zeros((2, 5, DIM), np.float32)
+    modality_embeds[:, 0], modality_embeds[:, 2], modality_embeds[:, 4] = e((0, 2)), e((1, 5)), e((3, 9))
+    mask = np.array([[1, 0, 1, 0, 0], [0, 0, 1, 0, 0]])  # the audio feature belongs to no present modality
+    expected = [e((0, 0.5), (1, 0.5)), e((1, 1))]
+    np.testing.assert_allclose(evaluation.simcl_features(modality_embeds, mask), expected)
     nothing = evaluation.simcl_features(modality_embeds, np.zeros((1, 5)))
     np.testing.assert_allclose(nothing, np.zeros((1, DIM)))
 
@@ -456,6 +457,8 @@ def test_tsne_plot_colours_every_product_by_its_category(tmp_path):
     assert points.get_offsets().shape == (18, 2)
     np.testing.assert_array_equal(points.get_array(), labels)
     assert axis.get_title() == "t-SNE of product embeddings (3 categories)"
+    again = evaluation.plot_tsne(embeds, labels, str(path), seed=0).axes[0].collections[0]
+    np.testing.assert_array_equal(again.get_offsets(), points.get_offsets())  # the seed fixes the layout
     # the categories stay apart: each point's nearest other point is of its own category
     offsets = np.asarray(points.get_offsets())
     distances = np.linalg.norm(offsets[:, None] - offsets[None], axis=-1) + np.eye(18) * 1e9
