@@ -205,8 +205,8 @@ def test_simcl_features_average_the_normalised_features_of_present_modalities():
     mask = np.array([[1, 0, 1, 0, 0], [0, 0, 1, 0, 0]])  # the audio feature belongs to no present modality
     expected = [e((0, 0.5), (1, 0.5)), e((1, 1))]
     np.testing.assert_allclose(evaluation.simcl_features(modality_embeds, mask), expected)
-    nothing = evaluation.simcl_features(modality_embeds, np.zeros((1, 5)))
-    np.testing.assert_allclose(nothing, np.zeros((1, DIM)))
+    nothing = evaluation.simcl_features(modality_embeds, np.zeros((2, 5)))
+    np.testing.assert_allclose(nothing, np.zeros((2, DIM)))
 
 
 # the whole evaluation, from the command line to results.json, results.md, plots and model cards, with the
