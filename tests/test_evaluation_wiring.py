@@ -67,6 +67,7 @@ SPLITS = {
 
 
 def fake_split(data_dir: str, config: str, split: str) -> Dataset:
+    assert data_dir == "unused"  # the folder the caller was given
     ids = SPLITS[config, split]
     return Dataset.from_dict(
         {
@@ -331,6 +332,7 @@ def test_evaluate_scores_each_model_and_combination_from_its_own_embeddings(eval
     assert results["input_failures"]["count"] == 8
     assert {f["item_id"] for f in results["input_failures"]["items"]} == {"d3"}
     assert results["pretrained_features"] == "fused" and results["finetuned_dir"] == str(finetuned)
+    assert results["model_dir"] == str(pretrained) and results["data_dir"] == "unused"
 
 
 def test_evaluate_adds_baselines_cross_subset_rows_and_the_mean_s(evaluation_run):
@@ -382,9 +384,11 @@ def test_evaluate_leaves_out_what_it_is_told_to(tmp_path, monkeypatch):
     )
     model_dir = tmp_path / "pretrained"
     model_dir.mkdir()
+    (tmp_path / "eval").mkdir()  # a second evaluation writes into the folder of the first
     args = evaluation.parse_args(
-        ["--model_dir", str(model_dir), "--output_dir", str(tmp_path / "eval"), "--combinations", "text"]
-        + ["--no_baselines", "--no_plots", "--no_model_card", "--features", "simcl", "--backend", "faiss"]
+        ["--model_dir", str(model_dir), "--output_dir", str(tmp_path / "eval"), "--data_dir", "unused"]
+        + ["--combinations", "text", "--no_baselines", "--no_plots", "--no_model_card", "--features", "simcl"]
+        + ["--backend", "faiss"]
     )
     results = evaluation.evaluate(args)
     assert "baselines" not in results and "alignment_matrix" not in results
@@ -552,7 +556,10 @@ def test_baseline_and_cross_subset_tables_put_each_number_in_its_cell():
         "| pretrained | T | 1.00 | 3.00 | 6.00 | 46.00 | 51.00 | 52.00 | 53.00 |",
         "| finetuned | I | 2.00 | 4.00 | 7.00 | 47.00 | 52.00 | 53.00 | 54.00 |",
     ]
-    assert lines[0].startswith(
-        "**Cross-subset retrieval** — coarse queries embedded from the listed modalities"
-    )
-    assert lines[1] == ""
+    assert lines[:2] == [
+        "**Cross-subset retrieval** — coarse queries embedded from the listed modalities against the gallery "
+        "embedded from every modality it has; like-for-like: the gallery embedded from the query's "
+        "modalities; own-set share: % of the top 10 holding exactly the query's modalities, against that "
+        "set's % of the gallery",
+        "",
+    ]
