@@ -149,7 +149,7 @@ def test_machines_split_the_shards_and_the_last_writes_the_card(tiny_raw, conver
     assert not first["complete"] and first["missing_shards"] > 0
     assert not os.path.exists(os.path.join(shared, "README.md"))
     # the second machine through the command line, which returns nothing: its summary is the file it writes
-    argv = ["convert.py", tiny_raw, shared, "--items-per-shard", str(ITEMS_PER_SHARD), "--num-proc", "1"]
+    argv = ["convert.py", tiny_raw, shared, "--items-per-shard", str(ITEMS_PER_SHARD), "--num-proc", "2"]
     monkeypatch.setattr(
         sys, "argv", [*argv, "--shard-index", "1", "--num-shards", "2", "--row-group-size", "4"]
     )
@@ -157,7 +157,7 @@ def test_machines_split_the_shards_and_the_last_writes_the_card(tiny_raw, conver
     with open(os.path.join(shared, SUMMARY_FILE), encoding="utf-8") as handle:
         second = json.load(handle)
     assert second["complete"] and os.path.exists(os.path.join(shared, "README.md"))
-    assert second["num_proc"] == 1
+    assert second["num_proc"] == 2
     assert first["rows_written"] + second["rows_written_this_run"] == sum(
         sizes["num_rows"] for sizes in summary["splits"].values()
     )
@@ -201,7 +201,7 @@ def broken(tiny_raw, tmp_path_factory):
         json.dump(annotations, handle, ensure_ascii=False)
     with open(os.path.join(raw_dir, SPLIT_FILES["pretrain", "train"]), "a", encoding="utf-8") as handle:
         handle.write(f"999999999999\n{ids[0]}\n")
-    os.remove(os.path.join(raw_dir, SPLIT_FILES["classification", "test"]))
+    os.remove(os.path.join(raw_dir, SPLIT_FILES["classification", "train"]))  # the config's other split stays
     return raw_dir, {
         "missing_image": missing_image,
         "truncated_video": truncated_video,
@@ -225,7 +225,7 @@ def test_bad_data_is_reported_and_nothing_valid_is_dropped(broken, tmp_path, cap
 
     assert summary["unknown_split_ids"] == {"pretrain/train": ["999999999999"]}
     assert summary["duplicate_split_ids"] == {"pretrain/train": [bad["valid_ids"][0]]}
-    assert summary["missing_split_files"] == [SPLIT_FILES["classification", "test"]]
+    assert summary["missing_split_files"] == [SPLIT_FILES["classification", "train"]]
     assert summary["malformed_pv"] == {bad["malformed_pv"]: ["no separator here"]}
     assert summary["unknown_labels"] == {bad["unknown_label"]: "not/a/real/category"}
     assert summary["corrupt_media"] == {
@@ -251,7 +251,23 @@ def test_bad_data_is_reported_and_nothing_valid_is_dropped(broken, tmp_path, cap
     assert rows[bad["truncated_video"]]["caption"] is not None or rows[bad["truncated_video"]]["image"]
     assert summary["splits"]["pretrain/train"]["num_rows"] == len(bad["valid_ids"])
     # a missing split file costs that split only
-    assert list(_load(out_dir, "classification", tmp_path)) == ["train"]
+    assert list(_load(out_dir, "classification", tmp_path)) == ["test"]
+    # and the card counts each kind of problem
+    with open(os.path.join(out_dir, "README.md"), encoding="utf-8") as handle:
+        card = handle.read().splitlines()
+    for row in (
+        "| split-file ids missing from the annotation | 1 |",
+        "| records with fields outside the schema (valid fields kept) | 0 |",
+        "| records that are not JSON objects (item left out) | 0 |",
+        "| malformed `pv` strings (well-formed pairs kept) | 1 |",
+        "| labels outside labels.txt (stored as -1) | 1 |",
+        "| split files absent (split left out) | 1 |",
+        "| ids repeated within a split file (kept once) | 1 |",
+        "| corrupt image files (stored as missing) | 1 |",
+        "| corrupt video files (stored as missing) | 1 |",
+        "| corrupt audio files (stored as missing) | 1 |",
+    ):
+        assert row in card
 
 
 def test_rerun_after_a_changed_split_file_rewrites_the_shards_whose_ids_changed(
