@@ -131,10 +131,11 @@ def test_format_tables_puts_each_number_in_its_cell():
         }
 
     results = {
-        "combinations": [["text"], ["text", "image"]],
-        "pretrained": {"T": row(10, 20, 30), "T+I": row(40, 50, 60)},
+        "combinations": [["text"], ["text", "image"], ["text", "image", "table"]],
+        "pretrained": {"T": row(10, 20, 30), "T+I": row(40, 50, 60), "T+I+Tab": row(1, 2, 3)},
         "finetuned": {"T+I": {**row(70, 80, 0), "accuracy": 90}},
         "pretrained_features": "fused",
+        "baselines": {"random": row(5, 6, 7)},
     }
     lines = evaluation.format_tables(results).splitlines()
 
@@ -151,6 +152,15 @@ def test_format_tables_puts_each_number_in_its_cell():
     assert f"| T+I | 90.00 | {cells(70, 80)} |" in lines
     # Table 5: pretrained mAP@1 coarse, probe, NMI, Purity
     assert "| T+I | 40.00 | 60.00 | 55.50 | 66.25 |" in lines
+    # each table's header; Table 3 names each row by the modality it adds; the baselines come after Table 5
+    header = "| Accuracy | mAP@1 | mAP@5 | mAP@10 | Prec@1 | Prec@5 | Prec@10 |"
+    assert lines[2:4] == [f"| Modality {header}", "|---|---|---|---|---|---|---|---|"]
+    assert f"| +Tab | 3.00 | {cells(1)} |" in lines
+    assert f"| Modality Combinations {header}" in lines
+    random_row = "| random | 5.00 | 7.00 | 10.00 | 6.00 | 7.00 | 55.50 | 66.25 |"
+    assert lines.index("| Modalities | mAP@1 | Accuracy | NMI | Purity |") < lines.index(random_row)
+    assert lines[0].startswith("**Table 3**") and evaluation._cell(None) == "–"
+    assert evaluation._cell(None, 2.0) == "– / 2.00"
 
 
 def test_cross_subset_scores_rank_subset_queries_against_the_full_gallery(monkeypatch):
@@ -256,6 +266,7 @@ def evaluation_run(tmp_path, monkeypatch):
 
     def recording_extractor(model, processor, items, modalities, **kwargs) -> dict:
         assert processor == f"processor of {model.fine_tuned}"  # the model's own
+        assert kwargs["normalize"] is False  # the probe and the classifier read raw embeddings
         extracted.append((model.fine_tuned, "+".join(modalities), set(items["item_id"])))
         return modality_embeddings(model, processor, items, modalities, **kwargs)
 
@@ -333,6 +344,7 @@ def test_evaluate_scores_each_model_and_combination_from_its_own_embeddings(eval
     assert {f["item_id"] for f in results["input_failures"]["items"]} == {"d3"}
     assert results["pretrained_features"] == "fused" and results["finetuned_dir"] == str(finetuned)
     assert results["model_dir"] == str(pretrained) and results["data_dir"] == "unused"
+    assert isinstance(results["seconds"], float) and results["seconds"] >= 0
 
 
 def test_evaluate_adds_baselines_cross_subset_rows_and_the_mean_s(evaluation_run):
@@ -408,6 +420,11 @@ def test_parse_args_defaults_are_the_documented_ones():
     assert args.text_encoder == evaluation.default_text_encoder()
     assert not (args.no_baselines or args.no_plots or args.no_model_card)
     assert evaluation.parse_args(["--device", "cpu"]).device == torch.device("cpu")
+    assert args.data_dir == evaluation.DEFAULT_DATA_DIR
+    assert evaluation.parse_args(["--num_workers", "3"]).num_workers == 3
+    assert evaluation.parse_args(["--features", "fused"]).features == "fused"
+    with pytest.raises(SystemExit):
+        evaluation.parse_args(["--features", "pooled"])
 
 
 def test_classifier_accuracy_counts_only_labelled_items(monkeypatch):
