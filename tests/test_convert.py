@@ -118,6 +118,12 @@ def test_card_is_a_hub_dataset_card(converted):
             key = f"{info['config_name']}/{split['name']}"
             assert split["num_examples"] == summary["splits"][key]["num_rows"]
     assert "redistribution is not allowed" in text and "instance_id" in text
+    assert (metadata["license"], metadata["license_name"]) == ("other", "m5product-research-only")
+    # each split's shard count is the number of its parquet files
+    for key, sizes in summary["splits"].items():
+        config, split = key.split("/")
+        files = [name for name in _shard_files(out_dir) if name.startswith(f"data/{config}/{split}-")]
+        assert sizes["num_shards"] == len(files) > 0
 
 
 def test_rerun_skips_complete_shards_and_redoes_only_a_damaged_one(tiny_raw, converted):
