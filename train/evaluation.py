@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -48,6 +49,9 @@ from train.metrics import (
     retrieval_metrics,
 )
 from train.model_card import write_model_card
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SHORT_NAMES = {"text": "T", "table": "Tab", "image": "I", "video": "V", "audio": "A"}
 TABLE3 = (
@@ -448,7 +452,7 @@ def mean_alignment(embeds: dict) -> np.ndarray:
     return np.where(counts > 0, (scores * both).sum(0) / np.maximum(counts, 1), np.nan)
 
 
-def plot_alignment(matrix: np.ndarray, path: str):
+def plot_alignment(matrix: np.ndarray, path: str) -> Figure:
     """Heat map of `matrix` with each known value written in its cell, saved to `path`; returns the figure."""
     import matplotlib
 
@@ -471,7 +475,7 @@ def plot_alignment(matrix: np.ndarray, path: str):
     return figure
 
 
-def plot_tsne(embeds: np.ndarray, labels: np.ndarray, path: str, seed: int):
+def plot_tsne(embeds: np.ndarray, labels: np.ndarray, path: str, seed: int) -> Figure:
     """Fig. 6: t-SNE of product embeddings coloured by category, saved to `path`; returns the figure."""
     import matplotlib
 
