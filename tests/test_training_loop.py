@@ -249,31 +249,19 @@ def _toy_collate(rows: list[dict]) -> dict:
 
 
 def _toy_args(output_dir: Path, **overrides) -> Namespace:
-    """Batches of 2 from 10 rows, 2 accumulated: 5 batches and 3 updates an epoch (the last update has one
-    batch); 2 epochs = 6 updates; linear schedule with 2 warm-up updates."""
-    values = {
-        "output_dir": str(output_dir),
-        "per_device_batch_size": 2,
-        "gradient_accumulation_steps": 2,
-        "learning_rate": 0.1,
-        "text_encoder_lr_scale": 0.1,
-        "alignment_lr_scale": 1.0,
-        "weight_decay": 0.01,
-        "adam_beta2": 0.999,
-        "max_grad_norm": 1.0,
-        "lr_scheduler_type": "linear",
-        "warmup_ratio": 0.34,
-        "num_epochs": 2,
-        "max_steps": None,
-        "num_workers": 0,
-        "seed": 5,
-        "checkpointing_steps": 2,
-        "checkpoints_total_limit": 2,
-        "resume_from_checkpoint": None,
-        "logging_steps": 2,
-        "report_to": "recorder",
-    }
-    return Namespace(**{**values, **overrides})
+    """The training options as the scripts parse them, set for batches of 2 from 10 rows, 2 accumulated:
+    5 batches and 3 updates an epoch (the last update has one batch); 2 epochs = 6 updates; linear schedule
+    with 2 warm-up updates; a checkpoint and a log every 2 updates. `overrides` replace parsed values."""
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    args = parser.parse_args(
+        ["--per_device_batch_size", "2", "--gradient_accumulation_steps", "2", "--learning_rate", "0.1"]
+        + ["--warmup_ratio", "0.34", "--num_epochs", "2", "--seed", "5", "--checkpointing_steps", "2"]
+        + ["--logging_steps", "2", "--report_to", "recorder"]
+    )
+    args.output_dir = str(output_dir)
+    vars(args).update(overrides)
+    return args
 
 
 def _run_toy(args: Namespace, monkeypatch, tracker: GeneralTracker | None = None):
