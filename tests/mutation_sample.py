@@ -39,8 +39,10 @@ STATUS_BY_EXIT_CODE = {
 }
 STATUS_BY_EXIT_CODE.update(dict.fromkeys((-24, 24, 36, 152, 255), "timeout"))
 STATUS_BY_EXIT_CODE.update(dict.fromkeys((-11, -9), "crashed"))
-"""mutmut's exit-code meanings; it calls -9 / -11 "segfault": the forked test process was killed (here: a
-mutant that raises inside the conversion's worker pool), which fails the run as a test failure would."""
+"""mutmut's exit-code meanings; it calls -9 / -11 "segfault": the forked test process was killed. Under the
+forkserver, tests that start the conversion's worker pool end this way even for mutants that change nothing
+they check, so a crash is no verdict: crashed mutants are left out of the score and listed, to be run with
+plain pytest (`MUTANT_UNDER_TEST=<name> pytest -x <its test files>` in mutants/)."""
 
 
 def exit_codes(module: str) -> dict[str, int | None]:
@@ -64,20 +66,22 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
 
 
 def report(names: dict[str, list[str]]) -> None:
-    """Per module: statuses of the sampled mutants and killed / (sampled - not checked), with its interval.
-    Equivalent mutants are not known to mutmut: tests/MUTATION.md lists the survivors with the reason."""
+    """Per module: statuses of the sampled mutants and (killed + timed out) / (sampled - not checked -
+    crashed), with its interval. Equivalent mutants are not known to mutmut: tests/MUTATION.md lists the
+    survivors with the reason."""
     for module, sampled in names.items():
         codes = exit_codes(module)
         counts = Counter(STATUS_BY_EXIT_CODE.get(codes.get(name), "other") for name in sampled)
-        detected = counts["killed"] + counts["timeout"] + counts["crashed"]
-        run = len(sampled) - counts["not checked"]
+        detected = counts["killed"] + counts["timeout"]
+        run = len(sampled) - counts["not checked"] - counts["crashed"]
         low, high = wilson_interval(detected, run)
         score = 100 * detected / max(run, 1)
         interval = f"95 % interval {100 * low:.1f}-{100 * high:.1f}"
         print(f"{module}: {dict(counts)} -> {score:.1f} % detected ({interval})")
         for name in sampled:
-            if STATUS_BY_EXIT_CODE.get(codes.get(name)) in ("survived", "no tests"):
-                print(f"    {name}")
+            status = STATUS_BY_EXIT_CODE.get(codes.get(name))
+            if status in ("survived", "no tests", "crashed"):
+                print(f"    {name} ({status})")
 
 
 def main(argv: list[str] | None = None) -> None:
