@@ -37,7 +37,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from multiprocessing import Pool
 
 from .raw_layout import (
@@ -326,7 +326,9 @@ def write_card(out_dir: str, label_names: list[str], summary: dict) -> None:
     )
     issue_counts = {
         "split-file ids missing from the annotation": sum(map(len, summary["unknown_split_ids"].values())),
-        "records with fields outside the schema (valid fields kept)": len(summary["invalid_records"]),
+        "records with fields outside the schema (valid fields kept)": len(
+            summary["invalid_records"].keys() - set(summary["skipped_items"])
+        ),
         "records that are not JSON objects (item left out)": len(summary["skipped_items"]),
         "malformed `pv` strings (well-formed pairs kept)": len(summary["malformed_pv"]),
         "labels outside labels.txt (stored as -1)": len(summary["unknown_labels"]),
@@ -421,6 +423,8 @@ def convert(
         seconds_this_run=round(seconds, 2),
         num_proc=num_proc,
         num_labels=len(label_names),
+        items_per_shard=items_per_shard,
+        media_reading=asdict(reading),
     )
     _atomic_write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
     write_card(out_dir, label_names, summary)
@@ -467,7 +471,7 @@ def _print_report(summary: dict) -> None:
     print("media files absent (missing modality, counted per row):", summary["missing_media_rows"])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -480,7 +484,7 @@ def main() -> None:
     parser.add_argument("--row-group-size", type=int, default=100)
     parser.add_argument("--max-items-in-memory", type=int, default=1_000_000)
     MediaReading.add_arguments(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     convert(
         args.raw_dir,
         args.out_dir,

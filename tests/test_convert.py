@@ -1,15 +1,23 @@
 import json
 import os
 import shutil
-import sys
+from dataclasses import asdict
 
 import pytest
 import yaml
 from datasets import load_dataset
 
+import dataset_script.convert as convert_module
 from dataset_script.convert import SUMMARY_FILE, convert, main
 from dataset_script.generate_sample import generate_sample
-from dataset_script.raw_layout import ANNOTATION_FILE, CONFIG_SPLITS, SPLIT_FILES, media_path, read_split_ids
+from dataset_script.raw_layout import (
+    ANNOTATION_FILE,
+    CONFIG_SPLITS,
+    SPLIT_FILES,
+    MediaReading,
+    media_path,
+    read_split_ids,
+)
 
 ITEMS_PER_SHARD = 10
 
@@ -145,7 +153,7 @@ def test_rerun_skips_complete_shards_and_redoes_only_a_damaged_one(tiny_raw, con
     assert changed == [damaged]
 
 
-def test_machines_split_the_shards_and_the_last_writes_the_card(tiny_raw, converted, tmp_path, monkeypatch):
+def test_machines_split_the_shards_and_the_last_writes_the_card(tiny_raw, converted, tmp_path):
     out_dir, summary = converted
     shared = str(tmp_path / "shared")
     # a small record budget: the annotation file is streamed once per wave of shards
@@ -155,15 +163,24 @@ def test_machines_split_the_shards_and_the_last_writes_the_card(tiny_raw, conver
     assert not first["complete"] and first["missing_shards"] > 0
     assert not os.path.exists(os.path.join(shared, "README.md"))
     # the second machine through the command line, which returns nothing: its summary is the file it writes
-    argv = ["convert.py", tiny_raw, shared, "--items-per-shard", str(ITEMS_PER_SHARD), "--num-proc", "2"]
-    monkeypatch.setattr(
-        sys, "argv", [*argv, "--shard-index", "1", "--num-shards", "2", "--row-group-size", "4"]
-    )
-    main()
+    argv = [
+        tiny_raw,
+        shared,
+        "--items-per-shard",
+        str(ITEMS_PER_SHARD),
+        "--num-proc",
+        "2",
+        "--row-group-size",
+        "4",
+    ]
+    main([*argv, "--shard-index", "1", "--num-shards", "2", "--video-fps", "2", "--max-audio-seconds", "3"])
     with open(os.path.join(shared, SUMMARY_FILE), encoding="utf-8") as handle:
         second = json.load(handle)
     assert second["complete"] and os.path.exists(os.path.join(shared, "README.md"))
-    assert second["num_proc"] == 2
+    assert second["num_proc"] == 2 and second["items_per_shard"] == ITEMS_PER_SHARD
+    # what the media check decoded: the options given, the processor's defaults otherwise
+    assert second["media_reading"] == {"video_fps": 2.0, "max_video_frames": 12, "max_audio_seconds": 3.0}
+    assert summary["media_reading"] == asdict(MediaReading())
     assert first["rows_written"] + second["rows_written_this_run"] == sum(
         sizes["num_rows"] for sizes in summary["splits"].values()
     )
@@ -173,6 +190,26 @@ def test_machines_split_the_shards_and_the_last_writes_the_card(tiny_raw, conver
         assert second["splits"][key]["num_shards"] == sizes["num_shards"]
     with pytest.raises(ValueError, match="shard-index"):
         convert(tiny_raw, shared, shard_index=2, num_shards=2)
+
+
+def test_command_line_defaults(monkeypatch):
+    calls = []
+    monkeypatch.setattr(convert_module, "convert", lambda *args, **kwargs: calls.append((args, kwargs)))
+    main(["raw", "out"])
+    assert calls == [
+        (
+            ("raw", "out"),
+            {
+                "num_proc": os.cpu_count() or 1,
+                "items_per_shard": 1000,
+                "shard_index": 0,
+                "num_shards": 1,
+                "row_group_size": 100,
+                "max_items_in_memory": 1_000_000,
+                "reading": MediaReading(),
+            },
+        )
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +240,13 @@ def broken(tiny_raw, tmp_path_factory):
     annotations[malformed_pv]["pv"] = "材质#:#纯棉#;#no separator here#;#产地#:#浙江"
     unknown_label = ids[-1]
     annotations[unknown_label]["label"] = "not/a/real/category"
+    empty_audio = first("audio", skip={garbage_audio})
+    open(media_path(raw_dir, "audio", empty_audio), "wb").close()
+    used = {ids[0], missing_image, truncated_video, garbage_audio, corrupt_image, malformed_pv, empty_audio}
+    not_object = next(i for i in ids[1:8] if i not in used)  # mid-shard: the items after it must still come
+    annotations[not_object] = ["a list", "not an object"]
+    number_title = next(i for i in ids[1:] if i not in used | {not_object, unknown_label})
+    annotations[number_title]["title"] = 12345
     with open(os.path.join(raw_dir, ANNOTATION_FILE), "w", encoding="utf-8") as handle:
         json.dump(annotations, handle, ensure_ascii=False)
     with open(os.path.join(raw_dir, SPLIT_FILES["pretrain", "train"]), "a", encoding="utf-8") as handle:
@@ -215,7 +259,10 @@ def broken(tiny_raw, tmp_path_factory):
         "corrupt_image": corrupt_image,
         "malformed_pv": malformed_pv,
         "unknown_label": unknown_label,
-        "valid_ids": ids,
+        "empty_audio": empty_audio,
+        "not_object": not_object,
+        "number_title": number_title,
+        "valid_ids": [i for i in ids if i != not_object],
     }
 
 
@@ -237,7 +284,27 @@ def test_bad_data_is_reported_and_nothing_valid_is_dropped(broken, tmp_path, cap
     assert summary["corrupt_media"] == {
         "image": [bad["corrupt_image"]],
         "video": [bad["truncated_video"]],
-        "audio": [bad["garbage_audio"]],
+        "audio": sorted([bad["garbage_audio"], bad["empty_audio"]]),
+    }
+    reasons = summary["corrupt_media_reasons"]
+    assert {m: sorted(r) for m, r in reasons.items()} == summary["corrupt_media"]
+    assert reasons["audio"][bad["empty_audio"]] == "the file is empty (0 bytes)"
+    for modality, item_id in (
+        ("image", "corrupt_image"),
+        ("video", "truncated_video"),
+        ("audio", "garbage_audio"),
+    ):
+        reason = reasons[modality][bad[item_id]]  # the decoder's own message, one line
+        assert (
+            isinstance(reason, str)
+            and reason
+            and "\n" not in reason
+            and reason != "the file is empty (0 bytes)"
+        )
+    assert summary["skipped_items"] == [bad["not_object"]]
+    assert summary["invalid_records"] == {
+        bad["not_object"]: ["the record is a JSON array, not an object: item skipped"],
+        bad["number_title"]: ["title is a JSON number, not a string: kept as '12345'"],
     }
     for key in ("999999999999", bad["malformed_pv"], bad["truncated_video"], bad["garbage_audio"]):
         assert key in printed
@@ -253,6 +320,8 @@ def test_bad_data_is_reported_and_nothing_valid_is_dropped(broken, tmp_path, cap
         {"key": "产地", "value": "浙江"},
     ]
     assert rows[bad["unknown_label"]]["label"] == -1
+    assert rows[bad["number_title"]]["caption"] == "12345"
+    assert rows[bad["empty_audio"]]["audio"] is None
     # the damaged items keep every other field
     assert rows[bad["truncated_video"]]["caption"] is not None or rows[bad["truncated_video"]]["image"]
     assert summary["splits"]["pretrain/train"]["num_rows"] == len(bad["valid_ids"])
@@ -263,15 +332,15 @@ def test_bad_data_is_reported_and_nothing_valid_is_dropped(broken, tmp_path, cap
         card = handle.read().splitlines()
     for row in (
         "| split-file ids missing from the annotation | 1 |",
-        "| records with fields outside the schema (valid fields kept) | 0 |",
-        "| records that are not JSON objects (item left out) | 0 |",
+        "| records with fields outside the schema (valid fields kept) | 1 |",
+        "| records that are not JSON objects (item left out) | 1 |",
         "| malformed `pv` strings (well-formed pairs kept) | 1 |",
         "| labels outside labels.txt (stored as -1) | 1 |",
         "| split files absent (split left out) | 1 |",
         "| ids repeated within a split file (kept once) | 1 |",
         "| corrupt image files (stored as missing) | 1 |",
         "| corrupt video files (stored as missing) | 1 |",
-        "| corrupt audio files (stored as missing) | 1 |",
+        "| corrupt audio files (stored as missing) | 2 |",
     ):
         assert row in card
 
