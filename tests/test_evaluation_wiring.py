@@ -243,7 +243,8 @@ def modality_embeddings(model, processor, items, modalities, **kwargs) -> dict:
     vectors = SWAPPED if ("text" in modalities) == model.fine_tuned else {i: ITEMS[i][2] for i in ids}
     labels = np.array([ITEMS[i][0] for i in ids])
     mask = np.array([[int(m in modalities) for m in evaluation.MODALITIES] for _ in ids])
-    mask[labels == 1, 4] = 0  # category-1 items have no audio
+    mask[labels == 1, 4] = 0  # category-1 items have no audio,
+    mask[labels != 1, 3] = 0  # and the others no video: no item holds both
     modality_embeds = np.stack([[ITEMS[i][2]] + [SWAPPED[i]] * 4 for i in ids])  # text right, others swapped
     return {
         "item_ids": ids,
@@ -368,6 +369,9 @@ def test_evaluate_adds_baselines_cross_subset_rows_and_the_mean_s(evaluation_run
     assert pretrained_rows["I"]["like_for_like"]["mAP@1"] == 0.0  # gallery from the image only
     assert pretrained_rows["T+I"]["like_for_like"]["mAP@1"] == 100.0
     assert finetuned_rows["T"]["cross"]["mAP@1"] == 0.0
+    # the fine-tuned rows use its fused embeddings (without the caption: right), not SIMCL's features
+    assert finetuned_rows["T"]["like_for_like"]["mAP@1"] == 0.0
+    assert finetuned_rows["I"]["like_for_like"]["mAP@1"] == 100.0
     # the gallery's own-set share: only d2 (category 1, no audio) holds text, table, image and video
     assert pretrained_rows["T+I+Tab"]["modality_set"]["gallery_share"] == 0.0
     # mean S over every split row that holds both modalities (category-1 items: S = 2 and no audio)
@@ -375,6 +379,7 @@ def test_evaluate_adds_baselines_cross_subset_rows_and_the_mean_s(evaluation_run
     matrix = np.array(results["alignment_matrix"]["mean_S"], dtype=float)
     assert matrix[0, 0] == pytest.approx(1 + (labels == 1).mean())
     assert matrix[4, 4] == pytest.approx(1.0) and matrix[0, 4] == pytest.approx(1.0)
+    assert results["alignment_matrix"]["mean_S"][3][4] is None  # JSON null, not NaN: no item holds both
     assert results["alignment_matrix"]["combination"] == "T+Tab+I+V+A"
     for name in ("alignment_matrix.png", "tsne.png"):
         assert (output / name).stat().st_size > 1000
