@@ -6,6 +6,11 @@ estimates the score with a stated 95 % interval in well under an hour:
     .venv/bin/python tests/mutation_sample.py                 # the sample of tests/MUTATION.md
     .venv/bin/python tests/mutation_sample.py --report-only   # its scores again, from mutants/*.meta
 
+mutmut's "segfault" is no verdict here (see STATUS_BY_EXIT_CODE): after mutmut's pass, each crashed mutant of
+the sample is run again with plain pytest on the tests mutmut's stats give for its function, and that exit
+code is its verdict (kept in mutants/plain-pytest-verdicts.json with the function's hash, so a changed
+function is run again).
+
 mutmut (configuration in pyproject.toml) generates the mutants at the start of any run; a first run filtered
 on a name that matches nothing does only that and then stops with mutmut's own "nothing matches" error.
 """
@@ -15,10 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import shutil
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +37,8 @@ SAMPLE = {
     "modeling_scale/simcl.py": 150,
 }
 SEED = 20261203
+MUTANTS = ROOT / "mutants"
+PLAIN_VERDICTS = MUTANTS / "plain-pytest-verdicts.json"
 STATUS_BY_EXIT_CODE = {
     1: "killed",
     3: "killed",
@@ -42,12 +52,82 @@ STATUS_BY_EXIT_CODE.update(dict.fromkeys((-11, -9), "crashed"))
 """mutmut's exit-code meanings; it calls -9 / -11 "segfault": the forked test process was killed. Under the
 forkserver, tests that start the conversion's worker pool end this way even for mutants that change nothing
 they check, so a crash is no verdict: crashed mutants are left out of the score and listed, to be run with
-plain pytest (`MUTANT_UNDER_TEST=<name> pytest -x <its test files>` in mutants/)."""
+plain pytest (`rerun_crashed`)."""
 
 
 def exit_codes(module: str) -> dict[str, int | None]:
-    meta = ROOT / "mutants" / f"{module}.meta"
-    return json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
+    """mutmut's exit code per mutant of `module`, with a plain-pytest verdict in place of a crash."""
+    meta = MUTANTS / f"{module}.meta"
+    codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
+    verdicts = _plain_verdicts()
+    for name, code in codes.items():
+        verdict = verdicts.get(name)
+        if STATUS_BY_EXIT_CODE.get(code) == "crashed" and verdict and verdict["hash"] == _function_hash(name):
+            codes[name] = verdict["exit_code"]
+    return codes
+
+
+def _stats() -> dict:
+    path = MUTANTS / "mutmut-stats.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _function_of(mutant: str) -> str:
+    return mutant.rsplit("__mutmut_", 1)[0]
+
+
+def _function_hash(mutant: str) -> str | None:
+    return _stats().get("function_hashes", {}).get(_function_of(mutant))
+
+
+def _plain_verdicts() -> dict[str, dict]:
+    return json.loads(PLAIN_VERDICTS.read_text()) if PLAIN_VERDICTS.is_file() else {}
+
+
+def _plain_pytest(mutant: str, tests: list[str]) -> int:
+    environment = {**os.environ, "MUTANT_UNDER_TEST": mutant}
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-x",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        *tests,
+    ]
+    return subprocess.run(command, cwd=MUTANTS, env=environment, capture_output=True).returncode
+
+
+def rerun_crashed(names: dict[str, list[str]], jobs: int) -> None:
+    """Run each crashed mutant of the sample with plain pytest (`jobs` at a time) on the tests that reach its
+    function, in mutants/ with the current tests, and keep the exit code as its verdict."""
+    shutil.copytree(ROOT / "tests", MUTANTS / "tests", dirs_exist_ok=True)
+    tests_of = _stats()["tests_by_mangled_function_name"]
+    crashed = [
+        name
+        for module, sampled in names.items()
+        for name, code in exit_codes(module).items()
+        if name in sampled and STATUS_BY_EXIT_CODE.get(code) == "crashed"
+    ]
+    first = sorted(tests_of[_function_of(crashed[0])])[:1] if crashed else []
+    if crashed and _plain_pytest("fail", first) == 0:
+        raise RuntimeError(
+            f"plain pytest in {MUTANTS} does not run the mutated code: {first} passed as 'fail'"
+        )
+    verdicts = _plain_verdicts()
+
+    def verdict(name: str) -> tuple[str, dict]:
+        code = _plain_pytest(name, sorted(tests_of[_function_of(name)]))
+        print(f"    {name}: {STATUS_BY_EXIT_CODE.get(code, code)} under plain pytest", flush=True)
+        return name, {"exit_code": code, "hash": _function_hash(name)}
+
+    with ThreadPoolExecutor(jobs) as pool:
+        for name, result in pool.map(verdict, crashed):
+            verdicts[name] = result
+            PLAIN_VERDICTS.write_text(json.dumps(verdicts, indent=1))
 
 
 def sample_names() -> dict[str, list[str]]:
@@ -67,8 +147,8 @@ def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float,
 
 def report(names: dict[str, list[str]]) -> None:
     """Per module: statuses of the sampled mutants and (killed + timed out) / (sampled - not checked -
-    crashed), with its interval. Equivalent mutants are not known to mutmut: tests/MUTATION.md lists the
-    survivors with the reason."""
+    crashed), with its interval; a crash run again by plain pytest counts as that run's verdict. Equivalent
+    mutants are not known to mutmut: tests/MUTATION.md lists the survivors with the reason."""
     for module, sampled in names.items():
         codes = exit_codes(module)
         counts = Counter(STATUS_BY_EXIT_CODE.get(codes.get(name), "other") for name in sampled)
@@ -89,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument(
+        "--max-children", type=int, default=2, help="mutants run at a time (also plain pytest)"
+    )
     args = parser.parse_args(argv)
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     if not args.report_only:
@@ -99,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run(
             [mutmut, "run", "--max-children", str(args.max_children), *chosen], cwd=ROOT, check=True
         )
+        rerun_crashed(sample_names(), args.max_children)
     report(sample_names())
 
 
