@@ -5,6 +5,12 @@ estimates the score with a stated 95 % interval in well under an hour:
 
     .venv/bin/python tests/mutation_sample.py                 # the sample of tests/MUTATION.md
     .venv/bin/python tests/mutation_sample.py --report-only   # its scores again, from mutants/*.meta
+    .venv/bin/python tests/mutation_sample.py --draw          # draw a new sample (seed SEED) first
+
+The sample is the list of mutant names in tests/mutation_sample.txt, drawn once: a draw depends on every
+mutant of a module, so re-drawing after any change to the module would replace the whole sample. mutmut
+numbers each function's mutants anew when the function changes (and runs them again), so a kept name stays a
+uniform draw from its function.
 
 mutmut's "segfault" is no verdict here (see STATUS_BY_EXIT_CODE): after mutmut's pass, each crashed mutant of
 the sample is run again with plain pytest on the tests mutmut's stats give for its function, and that exit
@@ -37,6 +43,7 @@ SAMPLE = {
     "modeling_scale/simcl.py": 150,
 }
 SEED = 20261203
+SAMPLE_FILE = ROOT / "tests" / "mutation_sample.txt"
 MUTANTS = ROOT / "mutants"
 PLAIN_VERDICTS = MUTANTS / "plain-pytest-verdicts.json"
 STATUS_BY_EXIT_CODE = {
@@ -130,9 +137,25 @@ def rerun_crashed(names: dict[str, list[str]], jobs: int) -> None:
             PLAIN_VERDICTS.write_text(json.dumps(verdicts, indent=1))
 
 
-def sample_names() -> dict[str, list[str]]:
+def module_of(mutant: str) -> str:
+    return next(
+        module for module in SAMPLE if mutant.startswith(module.removesuffix(".py").replace("/", "."))
+    )
+
+
+def draw_sample() -> None:
+    """A uniform sample of SAMPLE[module] mutants of each module, seeded, written to SAMPLE_FILE."""
     rng = random.Random(SEED)
-    return {module: rng.sample(sorted(exit_codes(module)), size) for module, size in SAMPLE.items()}
+    names = [name for module, size in SAMPLE.items() for name in rng.sample(sorted(exit_codes(module)), size)]
+    SAMPLE_FILE.write_text("\n".join(names) + "\n")
+
+
+def sample_names() -> dict[str, list[str]]:
+    """The sample of SAMPLE_FILE, by module."""
+    names = {module: [] for module in SAMPLE}
+    for name in SAMPLE_FILE.read_text().split():
+        names[module_of(name)].append(name)
+    return names
 
 
 def wilson_interval(successes: int, total: int, z: float = 1.96) -> tuple[float, float]:
@@ -169,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--draw", action="store_true", help=f"draw a new sample into {SAMPLE_FILE.name}")
     parser.add_argument(
         "--max-children", type=int, default=2, help="mutants run at a time (also plain pytest)"
     )
@@ -177,6 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.report_only:
         if not all(exit_codes(module) for module in SAMPLE):
             subprocess.run([mutmut, "run", "generate-only: matches no mutant"], cwd=ROOT, capture_output=True)
+        if args.draw:
+            draw_sample()
         chosen = [name for names in sample_names().values() for name in names]
         subprocess.run(
             [mutmut, "run", "--max-children", str(args.max_children), *chosen], cwd=ROOT, check=True
