@@ -79,6 +79,9 @@ class ScaleConfig(PreTrainedConfig):
             give cross-modal cosines near 0, hence S near the identity and contrastive logits scaled by near
             0, so the contrastive loss cannot leave chance.
         temperature: InfoNCE temperature tau.
+        relative_alignment_temperature: `alignment="relative"` only: divides the scores (standard deviations)
+            before the softmaxes, so below 1 a pair that does not tell the product apart keeps less weight
+            against one that does.
         contrastive_denominator: `"negatives"` is the paper's Eq. 2 (only the 2(N-1) cross-modal negatives in
             the denominator); `"all"` is the standard symmetric InfoNCE (as CLIP), whose softmax keeps the
             positive.
@@ -156,6 +159,7 @@ class ScaleConfig(PreTrainedConfig):
         projection_dim: int = 256,
         alignment: str = "relative",
         temperature: float = 0.07,
+        relative_alignment_temperature: float = 1.0,
         contrastive_denominator: str = "negatives",
         use_simcl: bool = True,
         simcl_weighting: str = "both",
@@ -201,6 +205,7 @@ class ScaleConfig(PreTrainedConfig):
         self.projection_dim = projection_dim
         self.alignment = alignment
         self.temperature = temperature
+        self.relative_alignment_temperature = relative_alignment_temperature
         self.contrastive_denominator = contrastive_denominator
         # `use_simcl=False` is Table 6's "none" row: either spelling gives the same, consistent pair of fields
         self.simcl_weighting = "none" if not use_simcl and simcl_weighting == "both" else simcl_weighting
@@ -274,6 +279,10 @@ class ScaleConfig(PreTrainedConfig):
             problems.append(f"distillation_temperature must be positive, got {self.distillation_temperature}")
         if self.temperature <= 0:
             problems.append(f"temperature must be positive, got {self.temperature}")
+        if self.relative_alignment_temperature <= 0:
+            problems.append(
+                f"relative_alignment_temperature must be positive, got {self.relative_alignment_temperature}"
+            )
         for name in (
             "num_encoder_layers",
             "num_fusion_layers",

@@ -109,6 +109,7 @@ def alignment_scores(
     alignment_parameter: torch.Tensor | None = None,
     temperature: float = 1.0,
     reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+    relative_temperature: float = 1.0,
 ) -> torch.Tensor:
     """The modality alignment matrix S of SIMCL, one (M, M) matrix per sample.
 
@@ -148,6 +149,9 @@ def alignment_scores(
             tau, the scale at which the loss reads the same cosines).
         reference: `"relative"` only: (M, M) mean and standard deviation of each pair's cosines across
             products to read a sample's cosines against, instead of the batch's other products.
+        relative_temperature: `"relative"` only: divides the scores (standard deviations) before the
+            softmaxes; below 1 it widens the gap between pairs that tell the product apart and those that do
+            not (a pair 1 standard deviation behind gets e^(-1 / relative_temperature) of the weight).
 
     Returns:
         (B, M, M) S in float32; rows and columns of missing modalities are zero, and a missing modality never
@@ -162,7 +166,7 @@ def alignment_scores(
     if mode in ("embedding", "relative"):
         features = F.normalize(modality_embeds.detach().float(), dim=-1)
         if mode == "relative":
-            scores = _batch_relative_agreement(features, modality_mask, reference)
+            scores = _batch_relative_agreement(features, modality_mask, reference) / relative_temperature
         else:
             scores = features @ features.transpose(1, 2) / temperature
         others = pair_mask & ~torch.eye(scores.shape[-1], dtype=torch.bool, device=scores.device)

@@ -102,6 +102,31 @@ def test_a_fitted_model_reads_each_products_s_against_the_reference_in_eval_mode
     assert (fitted.alignment_scores[~MODALITY_MASK.bool()] == 0).all()  # missing modalities weigh nothing
 
 
+def test_the_relative_temperature_sharpens_the_models_s_in_training_and_against_the_reference():
+    torch.manual_seed(0)
+    model = ScaleModel(tiny_config(relative_alignment_temperature=0.5))
+    inputs = make_inputs(model.config)
+    with torch.no_grad():
+        trained = model(**inputs)  # dropout is 0 in the tiny config
+        model.eval()
+        reference = model.alignment_reference
+        reference.fit(*cross_product_cosine_sums(torch.randn(16, 5, 8), torch.ones(16, 5, dtype=torch.bool)))
+        fitted = model(**inputs)
+    features = torch.stack([getattr(trained, f"{name}_embeds") for name in MODALITIES], dim=1)
+    mask = trained.modality_mask
+    torch.testing.assert_close(
+        trained.alignment_scores, alignment_scores(features, mask, "relative", relative_temperature=0.5)
+    )
+    against = (reference.mean, reference.std)
+    features, mask = (
+        torch.stack([getattr(fitted, f"{m}_embeds") for m in MODALITIES], 1),
+        fitted.modality_mask,
+    )
+    read = alignment_scores(features, mask, "relative", reference=against, relative_temperature=0.5)
+    torch.testing.assert_close(fitted.alignment_scores, read)
+    assert not torch.allclose(read, alignment_scores(features, mask, "relative", reference=against))
+
+
 @pytest.mark.slow
 def test_calibration_fits_the_reference_on_the_models_own_cross_product_cosines(tmp_path_factory, tmp_path):
     """One batch holds every product, so the reference is the mean and spread of the cosines between one

@@ -206,6 +206,7 @@ def pretraining_model(config) -> ScaleForPreTraining:
         ({"table_masking": "word"}, "table_masking"),
         ({"use_simcl": False, "simcl_weighting": "masked"}, "use_simcl=False contradicts"),
         ({"temperature": 0.0}, "temperature"),
+        ({"relative_alignment_temperature": -1.0}, "relative_alignment_temperature must be positive"),
         ({"num_fusion_layers": 0}, "num_fusion_layers"),
     ],
 )

@@ -253,6 +253,10 @@ def test_relative_weights_read_each_pair_against_the_batchs_other_products():
     torch.testing.assert_close(scores[b][upper], 10 * relative[upper].softmax(0))
     torch.testing.assert_close(scores[b].diagonal(), 5 * (relative.sum(-1) / 4).softmax(0))
     assert torch.all(scores[0, 3] == 0) and torch.all(scores[1, :, 4] == 0)
+    # a relative temperature divides the standard deviations before both softmaxes
+    sharp = alignment_scores(embeds, mask, "relative", relative_temperature=0.25)
+    torch.testing.assert_close(sharp[b][upper], 10 * (relative[upper] / 0.25).softmax(0))
+    torch.testing.assert_close(sharp[b].diagonal(), 5 * (relative.sum(-1) / 4 / 0.25).softmax(0))
     # a pair that fewer than two other products hold has nothing to be read against: score 0, weight 1
     lonely = alignment_scores(embeds[:2], torch.ones(2, 5, dtype=torch.long), "relative")
     torch.testing.assert_close(lonely, torch.ones(2, 5, 5))
