@@ -161,6 +161,18 @@ def test_format_tables_puts_each_number_in_its_cell():
     assert lines.index("| Modalities | mAP@1 | Accuracy | NMI | Purity |") < lines.index(random_row)
     assert lines[0].startswith("**Table 3**") and evaluation._cell(None) == "–"
     assert evaluation._cell(None, 2.0) == "– / 2.00"
+    # the captions say where the paper's protocol lives and which accuracy each table shows
+    assert "`python -m train.ablation --tables 3`); coarse retrieval" in lines[0]
+    assert lines[0].endswith(
+        "accuracy: fine-tuned classifier, or the linear probe when no fine-tuned model is given"
+    )
+    table4 = "**Table 4** — modality combinations (retrieval coarse / fine-grained, "
+    assert f"{table4}fine-tuned features; accuracy: fine-tuned classifier)" in lines
+    del results["finetuned"]
+    assert (
+        f"{table4}pretrained features; accuracy: linear probe)"
+        in evaluation.format_tables(results).splitlines()
+    )
 
 
 def test_cross_subset_scores_rank_subset_queries_against_the_full_gallery(monkeypatch):
