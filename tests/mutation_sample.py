@@ -15,7 +15,7 @@ uniform draw from its function.
 mutmut's "segfault" is no verdict here (see STATUS_BY_EXIT_CODE): after mutmut's pass, each crashed mutant of
 the sample is run again with plain pytest on the tests mutmut's stats give for its function, and that exit
 code is its verdict (kept in mutants/plain-pytest-verdicts.json with the function's hash, so a changed
-function is run again).
+function is run again). `--rerun-survivors` does the same for the survivors, after tests were added.
 
 mutmut (configuration in pyproject.toml) generates the mutants at the start of any run; a first run filtered
 on a name that matches nothing does only that and then stops with mutmut's own "nothing matches" error.
@@ -59,7 +59,7 @@ STATUS_BY_EXIT_CODE.update(dict.fromkeys((-11, -9), "crashed"))
 """mutmut's exit-code meanings; it calls -9 / -11 "segfault": the forked test process was killed. Under the
 forkserver, tests that start the conversion's worker pool end this way even for mutants that change nothing
 they check, so a crash is no verdict: crashed mutants are left out of the score and listed, to be run with
-plain pytest (`rerun_crashed`)."""
+plain pytest (`rerun_plain`)."""
 
 
 def exit_codes(module: str) -> dict[str, int | None]:
@@ -69,7 +69,8 @@ def exit_codes(module: str) -> dict[str, int | None]:
     verdicts = _plain_verdicts()
     for name, code in codes.items():
         verdict = verdicts.get(name)
-        if STATUS_BY_EXIT_CODE.get(code) == "crashed" and verdict and verdict["hash"] == _function_hash(name):
+        rerun = STATUS_BY_EXIT_CODE.get(code) in ("crashed", "survived")
+        if rerun and verdict and verdict["hash"] == _function_hash(name):
             codes[name] = verdict["exit_code"]
     return codes
 
@@ -108,19 +109,20 @@ def _plain_pytest(mutant: str, tests: list[str]) -> int:
     return subprocess.run(command, cwd=MUTANTS, env=environment, capture_output=True).returncode
 
 
-def rerun_crashed(names: dict[str, list[str]], jobs: int) -> None:
-    """Run each crashed mutant of the sample with plain pytest (`jobs` at a time) on the tests that reach its
-    function, in mutants/ with the current tests, and keep the exit code as its verdict."""
+def rerun_plain(names: dict[str, list[str]], jobs: int, statuses: tuple[str, ...] = ("crashed",)) -> None:
+    """Run each mutant of the sample with one of `statuses` with plain pytest (`jobs` at a time) on the tests
+    that reach its function, in mutants/ with the current tests, and keep the exit code as its verdict
+    (survivors: after tests were added, without a mutmut pass)."""
     shutil.copytree(ROOT / "tests", MUTANTS / "tests", dirs_exist_ok=True)
     tests_of = _stats()["tests_by_mangled_function_name"]
-    crashed = [
+    chosen = [
         name
         for module, sampled in names.items()
         for name, code in exit_codes(module).items()
-        if name in sampled and STATUS_BY_EXIT_CODE.get(code) == "crashed"
+        if name in sampled and STATUS_BY_EXIT_CODE.get(code) in statuses
     ]
-    first = sorted(tests_of[_function_of(crashed[0])])[:1] if crashed else []
-    if crashed and _plain_pytest("fail", first) == 0:
+    first = sorted(tests_of[_function_of(chosen[0])])[:1] if chosen else []
+    if chosen and _plain_pytest("fail", first) == 0:
         raise RuntimeError(
             f"plain pytest in {MUTANTS} does not run the mutated code: {first} passed as 'fail'"
         )
@@ -132,7 +134,7 @@ def rerun_crashed(names: dict[str, list[str]], jobs: int) -> None:
         return name, {"exit_code": code, "hash": _function_hash(name)}
 
     with ThreadPoolExecutor(jobs) as pool:
-        for name, result in pool.map(verdict, crashed):
+        for name, result in pool.map(verdict, chosen):
             verdicts[name] = result
             PLAIN_VERDICTS.write_text(json.dumps(verdicts, indent=1))
 
@@ -192,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--rerun-survivors", action="store_true", help="run the survivors again with plain pytest (new tests)"
+    )
     parser.add_argument("--draw", action="store_true", help=f"draw a new sample into {SAMPLE_FILE.name}")
     parser.add_argument(
         "--max-children", type=int, default=2, help="mutants run at a time (also plain pytest)"
@@ -207,7 +212,9 @@ def main(argv: list[str] | None = None) -> None:
         subprocess.run(
             [mutmut, "run", "--max-children", str(args.max_children), *chosen], cwd=ROOT, check=True
         )
-        rerun_crashed(sample_names(), args.max_children)
+        rerun_plain(sample_names(), args.max_children)
+    if args.rerun_survivors:
+        rerun_plain(sample_names(), args.max_children, ("survived",))
     report(sample_names())
 
 

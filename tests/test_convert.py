@@ -1,6 +1,7 @@
 import json
 import os
 import shutil
+import time
 from dataclasses import asdict
 
 import pytest
@@ -16,6 +17,7 @@ from dataset_script.raw_layout import (
     SPLIT_FILES,
     MediaReading,
     media_path,
+    read_labels,
     read_split_ids,
 )
 
@@ -114,7 +116,7 @@ def test_streaming_reads_the_same_rows(tiny_raw, converted, tmp_path):
     assert min(decoded.values()) > 0
 
 
-def test_card_is_a_hub_dataset_card(converted):
+def test_card_is_a_hub_dataset_card(tiny_raw, converted):
     out_dir, summary = converted
     with open(os.path.join(out_dir, "README.md"), encoding="utf-8") as handle:
         text = handle.read()
@@ -127,6 +129,15 @@ def test_card_is_a_hub_dataset_card(converted):
             assert split["num_examples"] == summary["splits"][key]["num_rows"]
     assert "redistribution is not allowed" in text and "instance_id" in text
     assert (metadata["license"], metadata["license_name"]) == ("other", "m5product-research-only")
+    # the features (the label's class names from labels.txt), the class count and each split's size
+    labels = read_labels(tiny_raw)
+    for info in metadata["dataset_info"]:
+        feature = next(f for f in info["features"] if f["name"] == "label")
+        assert feature["dtype"]["class_label"]["names"] == {str(i): name for i, name in enumerate(labels)}
+    assert f"category classification ({len(labels)} classes)" in text
+    for key, sizes in summary["splits"].items():
+        mib = sizes["num_bytes"] / 2**20
+        assert f"| {key} | {sizes['num_rows']:,} | {sizes['num_shards']} | {mib:,.1f} MiB |" in text
     # each split's shard count is the number of its parquet files
     for key, sizes in summary["splits"].items():
         config, split = key.split("/")
@@ -270,8 +281,9 @@ def test_bad_data_is_reported_and_nothing_valid_is_dropped(broken, tmp_path, cap
     raw_dir, bad = broken
     out_dir = str(tmp_path / "out")
     # in this process (the 2-process pool is the `converted` fixture's): mutation testing sees write_shard
+    started = time.perf_counter()
     summary = convert(raw_dir, out_dir, num_proc=1, items_per_shard=ITEMS_PER_SHARD)
-    assert summary["complete"]
+    assert summary["complete"] and 0 < summary["seconds_this_run"] <= time.perf_counter() - started + 0.01
     printed = capsys.readouterr().out
     with open(os.path.join(out_dir, SUMMARY_FILE), encoding="utf-8") as handle:
         assert json.load(handle) == json.loads(json.dumps(summary))
