@@ -109,10 +109,18 @@ def _plain_pytest(mutant: str, tests: list[str]) -> int:
     return subprocess.run(command, cwd=MUTANTS, env=environment, capture_output=True).returncode
 
 
+def generate_mutants() -> None:
+    """Bring mutants/ up to date with the source (mutmut regenerates what changed and marks the changed
+    functions' mutants not checked); a first run filtered on a name that matches nothing does only that."""
+    mutmut = str(Path(sys.executable).with_name("mutmut"))
+    subprocess.run([mutmut, "run", "generate-only: matches no mutant"], cwd=ROOT, capture_output=True)
+
+
 def rerun_plain(names: dict[str, list[str]], jobs: int, statuses: tuple[str, ...] = ("crashed",)) -> None:
     """Run each mutant of the sample with one of `statuses` with plain pytest (`jobs` at a time) on the tests
     that reach its function, in mutants/ with the current tests, and keep the exit code as its verdict
     (survivors: after tests were added, without a mutmut pass)."""
+    generate_mutants()  # the current tests against stale copies of the source would fail for any mutant
     shutil.copytree(ROOT / "tests", MUTANTS / "tests", dirs_exist_ok=True)
     tests_of = _stats()["tests_by_mangled_function_name"]
     chosen = [
@@ -204,8 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     mutmut = str(Path(sys.executable).with_name("mutmut"))
     if not args.report_only:
-        if not all(exit_codes(module) for module in SAMPLE):
-            subprocess.run([mutmut, "run", "generate-only: matches no mutant"], cwd=ROOT, capture_output=True)
+        generate_mutants()
         if args.draw:
             draw_sample()
         chosen = [name for names in sample_names().values() for name in names]
