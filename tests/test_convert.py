@@ -201,6 +201,16 @@ def test_machines_split_the_shards_and_the_last_writes_the_card(tiny_raw, conver
         assert second["splits"][key]["num_shards"] == sizes["num_shards"]
     with pytest.raises(ValueError, match="shard-index"):
         convert(tiny_raw, shared, shard_index=2, num_shards=2)
+    # shards only (a distributed engine's task): no summary, no card, the rows it wrote
+    alone = str(tmp_path / "shards_only")
+    result = convert(tiny_raw, alone, items_per_shard=ITEMS_PER_SHARD, write_summary=False)
+    assert (
+        result["complete"] is None
+        and result["rows_written"] == first["rows_written"] + second["rows_written_this_run"]
+    )
+    assert not os.path.exists(os.path.join(alone, SUMMARY_FILE)) and not os.path.exists(
+        os.path.join(alone, "README.md")
+    )
 
 
 def test_command_line_defaults(monkeypatch):
