@@ -63,7 +63,8 @@ plain pytest (`rerun_plain`)."""
 
 
 def exit_codes(module: str) -> dict[str, int | None]:
-    """mutmut's exit code per mutant of `module`, with a plain-pytest verdict in place of a crash."""
+    """mutmut's exit code per mutant of `module`; a crash or a survival run again by plain pytest (with the
+    function unchanged since) gets that run's exit code."""
     meta = MUTANTS / f"{module}.meta"
     codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
     verdicts = _plain_verdicts()
