@@ -144,8 +144,9 @@ def rerun_plain(names: dict[str, list[str]], jobs: int, statuses: tuple[str, ...
 
     with ThreadPoolExecutor(jobs) as pool:
         for name, result in pool.map(verdict, chosen):
-            verdicts[name] = result
-            PLAIN_VERDICTS.write_text(json.dumps(verdicts, indent=1))
+            if result["exit_code"] in (0, 1):  # passed / failed; not an interrupted or broken run
+                verdicts[name] = result
+                PLAIN_VERDICTS.write_text(json.dumps(verdicts, indent=1))
 
 
 def module_of(mutant: str) -> str:
