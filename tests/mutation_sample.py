@@ -46,6 +46,7 @@ SEED = 20261203
 SAMPLE_FILE = ROOT / "tests" / "mutation_sample.txt"
 MUTANTS = ROOT / "mutants"
 PLAIN_VERDICTS = MUTANTS / "plain-pytest-verdicts.json"
+MUTMUT = str(Path(sys.executable).with_name("mutmut"))
 STATUS_BY_EXIT_CODE = {
     1: "killed",
     3: "killed",
@@ -67,11 +68,11 @@ def exit_codes(module: str) -> dict[str, int | None]:
     function unchanged since) gets that run's exit code."""
     meta = MUTANTS / f"{module}.meta"
     codes = json.loads(meta.read_text())["exit_code_by_key"] if meta.is_file() else {}
-    verdicts = _plain_verdicts()
+    verdicts, hashes = _plain_verdicts(), _stats().get("function_hashes", {})
     for name, code in codes.items():
         verdict = verdicts.get(name)
         rerun = STATUS_BY_EXIT_CODE.get(code) in ("crashed", "survived")
-        if rerun and verdict and verdict["hash"] == _function_hash(name):
+        if rerun and verdict and verdict["hash"] == hashes.get(_function_of(name)):
             codes[name] = verdict["exit_code"]
     return codes
 
@@ -83,10 +84,6 @@ def _stats() -> dict:
 
 def _function_of(mutant: str) -> str:
     return mutant.rsplit("__mutmut_", 1)[0]
-
-
-def _function_hash(mutant: str) -> str | None:
-    return _stats().get("function_hashes", {}).get(_function_of(mutant))
 
 
 def _plain_verdicts() -> dict[str, dict]:
@@ -113,8 +110,7 @@ def _plain_pytest(mutant: str, tests: list[str]) -> int:
 def generate_mutants() -> None:
     """Bring mutants/ up to date with the source (mutmut regenerates what changed and marks the changed
     functions' mutants not checked); a first run filtered on a name that matches nothing does only that."""
-    mutmut = str(Path(sys.executable).with_name("mutmut"))
-    subprocess.run([mutmut, "run", "generate-only: matches no mutant"], cwd=ROOT, capture_output=True)
+    subprocess.run([MUTMUT, "run", "generate-only: matches no mutant"], cwd=ROOT, capture_output=True)
 
 
 def rerun_plain(names: dict[str, list[str]], jobs: int, statuses: tuple[str, ...] = ("crashed",)) -> None:
@@ -123,7 +119,8 @@ def rerun_plain(names: dict[str, list[str]], jobs: int, statuses: tuple[str, ...
     (survivors: after tests were added, without a mutmut pass)."""
     generate_mutants()  # the current tests against stale copies of the source would fail for any mutant
     shutil.copytree(ROOT / "tests", MUTANTS / "tests", dirs_exist_ok=True)
-    tests_of = _stats()["tests_by_mangled_function_name"]
+    stats = _stats()
+    tests_of, hashes = stats["tests_by_mangled_function_name"], stats["function_hashes"]
     chosen = [
         name
         for module, sampled in names.items()
@@ -140,7 +137,7 @@ def rerun_plain(names: dict[str, list[str]], jobs: int, statuses: tuple[str, ...
     def verdict(name: str) -> tuple[str, dict]:
         code = _plain_pytest(name, sorted(tests_of[_function_of(name)]))
         print(f"    {name}: {STATUS_BY_EXIT_CODE.get(code, code)} under plain pytest", flush=True)
-        return name, {"exit_code": code, "hash": _function_hash(name)}
+        return name, {"exit_code": code, "hash": hashes.get(_function_of(name))}
 
     with ThreadPoolExecutor(jobs) as pool:
         for name, result in pool.map(verdict, chosen):
@@ -212,14 +209,13 @@ def main(argv: list[str] | None = None) -> None:
         "--max-children", type=int, default=2, help="mutants run at a time (also plain pytest)"
     )
     args = parser.parse_args(argv)
-    mutmut = str(Path(sys.executable).with_name("mutmut"))
     if not args.report_only:
         generate_mutants()
         if args.draw:
             draw_sample()
         chosen = [name for names in sample_names().values() for name in names]
         subprocess.run(
-            [mutmut, "run", "--max-children", str(args.max_children), *chosen], cwd=ROOT, check=True
+            [MUTMUT, "run", "--max-children", str(args.max_children), *chosen], cwd=ROOT, check=True
         )
         rerun_plain(sample_names(), args.max_children)
     if args.rerun_survivors:
