@@ -18,6 +18,11 @@ from train.modality_set_calibration import calibrate_modality_sets
 MASK = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 1, 1, 0], [1, 1, 1, 1, 1], [0, 1, 1, 0, 1]], dtype=torch.bool)
 
 
+def _modality_embeds(output) -> torch.Tensor:
+    """(B, M, P) the per-modality features a model output exposes as `<modality>_embeds`."""
+    return torch.stack([getattr(output, f"{name}_embeds") for name in MODALITIES], dim=1)
+
+
 def test_cross_product_cosine_sums_count_every_pair_of_two_different_products():
     torch.manual_seed(0)
     features = torch.randn(4, 5, 8)
@@ -89,7 +94,7 @@ def test_a_fitted_model_reads_each_products_s_against_the_reference_in_eval_mode
         reference.mean.uniform_(-0.1, 0.1)  # a reference unlike the batch's own statistics
         fitted = model(**inputs)
         alone = model(**first)
-        features = torch.stack([getattr(fitted, f"{name}_embeds") for name in MODALITIES], dim=1)
+        features = _modality_embeds(fitted)
         expected = alignment_scores(
             features, fitted.modality_mask, "relative", reference=(reference.mean, reference.std)
         )
@@ -112,16 +117,11 @@ def test_the_relative_temperature_sharpens_the_models_s_in_training_and_against_
         reference = model.alignment_reference
         reference.fit(*cross_product_cosine_sums(torch.randn(16, 5, 8), torch.ones(16, 5, dtype=torch.bool)))
         fitted = model(**inputs)
-    features = torch.stack([getattr(trained, f"{name}_embeds") for name in MODALITIES], dim=1)
-    mask = trained.modality_mask
-    torch.testing.assert_close(
-        trained.alignment_scores, alignment_scores(features, mask, "relative", relative_temperature=0.5)
+    batch_read = alignment_scores(
+        _modality_embeds(trained), trained.modality_mask, "relative", relative_temperature=0.5
     )
-    against = (reference.mean, reference.std)
-    features, mask = (
-        torch.stack([getattr(fitted, f"{m}_embeds") for m in MODALITIES], 1),
-        fitted.modality_mask,
-    )
+    torch.testing.assert_close(trained.alignment_scores, batch_read)
+    features, mask, against = _modality_embeds(fitted), fitted.modality_mask, (reference.mean, reference.std)
     read = alignment_scores(features, mask, "relative", reference=against, relative_temperature=0.5)
     torch.testing.assert_close(fitted.alignment_scores, read)
     assert not torch.allclose(read, alignment_scores(features, mask, "relative", reference=against))

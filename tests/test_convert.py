@@ -138,8 +138,7 @@ def test_card_is_a_hub_dataset_card(tiny_raw, converted):
     for key, sizes in summary["splits"].items():
         mib = sizes["num_bytes"] / 2**20
         assert f"| {key} | {sizes['num_rows']:,} | {sizes['num_shards']} | {mib:,.1f} MiB |" in text
-    # each split's shard count is the number of its parquet files
-    for key, sizes in summary["splits"].items():
+        # each split's shard count is the number of its parquet files
         config, split = key.split("/")
         files = [name for name in _shard_files(out_dir) if name.startswith(f"data/{config}/{split}-")]
         assert sizes["num_shards"] == len(files) > 0
