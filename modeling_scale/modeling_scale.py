@@ -1112,19 +1112,23 @@ class ScaleModel(ScalePreTrainedModel):
 
         absent = torch.zeros_like(features[given[0]])
         modality_embeds = torch.stack([features.get(name, absent) for name in MODALITIES], dim=1)
-        sharpness = {"relative_temperature": self.config.relative_alignment_temperature}
+        relative_temperature = self.config.relative_alignment_temperature
         alignment = alignment_scores(
             modality_embeds,
             present,
             self.config.alignment,
             self.alignment_parameter,
             self.config.temperature,
-            **sharpness,
+            relative_temperature=relative_temperature,
         )
         if self.config.alignment == "relative" and not self.training:
             reference = self.alignment_reference
             own = alignment_scores(
-                modality_embeds, present, "relative", reference=(reference.mean, reference.std), **sharpness
+                modality_embeds,
+                present,
+                "relative",
+                reference=(reference.mean, reference.std),
+                relative_temperature=relative_temperature,
             )
             alignment = torch.where(reference.fitted, own, alignment)  # a tensor: no host sync
         return _ScaleEncoding(
