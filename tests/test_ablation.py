@@ -116,19 +116,23 @@ def test_main_trains_each_recipe_and_seed_once_and_reports_mean_and_std(tmp_path
     assert "one model pretrained per modality set" in markdown and "| IMCL + PRE | 51.00 ± 1.00 |" in markdown
 
 
-def test_noisy_tables_list_the_weights_of_each_group_and_the_retrieval_ceilings(
+def test_noisy_tables_list_the_weights_of_each_group_and_the_ceilings_of_any_weighting(
     tmp_path, fake_runs, monkeypatch
 ):
     calls = []
 
-    def noisy_diagnostics(model_dir, data_dir, raw_dir, modalities, noisy_modality):
-        calls.append((data_dir.name, raw_dir.name, modalities, noisy_modality))
-        unrelated = 1.0 if "simcl_weighting_none" in str(model_dir) else 0.6
+    def noisy_diagnostics(model_dir, data_dir, raw_dir, modalities, noisy_modality, clean_data_dir):
+        run = model_dir.parent.name
+        calls.append((run, data_dir.name, raw_dir.name, modalities, noisy_modality, clean_data_dir.name))
+        unrelated = 1.0 if "simcl_weighting_none" in run else 0.6
+        clean_sample = 5.0 if run.startswith("clean") else 0.0
         return {
             "unrelated": {"pairs with noisy": unrelated, "other pairs": 1.1, "listings": 7},
             "own": {"pairs with noisy": 1.0, "other pairs": 1.0, "listings": 9},
+            "all": {"mAP@1": 30.0 + clean_sample, "mAP@10": 31.0, "Prec@10": 20.0},
             "oracle": {"mAP@1": 40.0, "mAP@10": 41.0, "Prec@10": 30.0},
             "left out": {"mAP@1": 20.0, "mAP@10": 21.0, "Prec@10": 10.0},
+            "clean listings": {"mAP@1": 50.0 + clean_sample, "mAP@10": 51.0, "Prec@10": 35.0},
         }
 
     monkeypatch.setattr(ablation, "noisy_diagnostics", noisy_diagnostics)
@@ -143,15 +147,45 @@ def test_noisy_tables_list_the_weights_of_each_group_and_the_retrieval_ceilings(
         "image",
     ]
     ablation.main(argv)
-    assert set(calls) == {("noisy_image", "sample_noisy_image_raw", ("text", "table", "image"), "image")}
+    # the two noisy rows and the unweighted recipe trained on the clean sample, all scored on both samples
+    runs = {
+        "noisy_image__te-ta-im",
+        "noisy_image__te-ta-im__simcl_weighting_none",
+        "clean__te-ta-im__simcl_weighting_none",
+    }
+    scored = {
+        (run, "noisy_image", "sample_noisy_image_raw", ("text", "table", "image"), "image", "clean")
+        for run in runs
+    }
+    assert {(run.rsplit("__seed", 1)[0], *rest) for run, *rest in calls} == scored
+    assert {(run.slug, seed) for run, seed in fake_runs} == {(run, seed) for run in runs for seed in (0, 1)}
     markdown = (tmp_path / "ablation.md").read_text()
     assert "**Noisy image (half of the listings show another product's) — retrieval**" in markdown
+    assert "| no SIMCL, clean sample |" not in markdown.split("S's mean pair weight")[0]  # not a noisy run
     assert "| SIMCL, unrelated image | 7 | 0.60 ± 0.00 | 1.10 ± 0.00 |" in markdown
     assert "| no SIMCL, own image | 9 | 1.00 ± 0.00 | 1.00 ± 0.00 |" in markdown
     assert "| SIMCL | oracle | 40.00 ± 0.00 | 41.00 ± 0.00 | 30.00 ± 0.00 |" in markdown
     assert "| no SIMCL | left out | 20.00 ± 0.00 | 21.00 ± 0.00 | 10.00 ± 0.00 |" in markdown
-    # the row as trained repeats its retrieval columns (fake scores: 3 modalities x 10 + seed + 0.5 / 0.0)
-    assert "| no SIMCL | all (as above) | 31.00 ± 0.71 | 33.00 ± 0.71 | 36.00 ± 0.71 |" in markdown
+    assert "| no SIMCL | all | 30.00 ± 0.00 | 31.00 ± 0.00 | 20.00 ± 0.00 |" in markdown
+    assert (
+        "| no SIMCL, clean sample | clean listings | 55.00 ± 0.00 | 51.00 ± 0.00 | 35.00 ± 0.00 |" in markdown
+    )
+    assert "| no SIMCL, clean sample | all | 35.00 ± 0.00 |" in markdown
+
+
+def test_noisy_fraction_names_its_own_sample_and_runs(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(ablation.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    args = parse_args(["--tables", "noisy", "--noisy_modality", "audio", "--noisy_fraction", "0.8"])
+    assert {row.run.data for row in rows_of(args)} == {"noisy_audio_0.8"}
+    ablation.prepare_data(tmp_path, "noisy_audio_0.8", "tiny")
+    ablation.prepare_data(tmp_path, "noisy_table", "tiny")
+    generate = [command for command in commands if "dataset_script.generate_sample" in command]
+    assert [command[command.index("--noisy_modality") :] for command in generate] == [
+        ["--noisy_modality", "audio", "--noisy_fraction", "0.8"],
+        ["--noisy_modality", "table", "--noisy_fraction", "0.5"],
+    ]
+    assert ablation.TITLES["noisy"].format(modality="audio", share="80%").startswith("Noisy audio (80% of")
 
 
 def test_retrieval_ceilings_leave_the_noisy_modality_out_of_exactly_the_flagged_listings():
@@ -168,6 +202,7 @@ def test_retrieval_ceilings_leave_the_noisy_modality_out_of_exactly_the_flagged_
     assert oracle_only_q0["left out"]["mAP@1"] == 50.0  # every listing without it: g1 moves to a, q1 misses
     as_trained = ablation.retrieval_ceilings(embeds, without, np.zeros(4, bool), ids, labels, 2)
     assert as_trained["oracle"]["mAP@1"] == 50.0  # nothing flagged: the embeddings as trained, q0 misses
+    assert oracle_only_q0["all"] == as_trained["all"] == as_trained["oracle"]
 
 
 def test_run_config_overrides_join_the_rows_own(tmp_path, monkeypatch, capsys):

@@ -12,12 +12,14 @@
   text encoder alone (T+Tab).
 - `--modalities text,table,image` pretrains and scores Tables 6, 7 and 8 on those modalities instead of all
   five (a third of the CPU time; every pair the table's rows change is kept).
-- noisy: on a sample whose `--noisy_modality` (default: the table) shows another product's for half of the
-  listings (`generate_sample --noisy_modality table --noisy_fraction 0.5`), pretraining without and with
-  SIMCL's weights; besides retrieval it reports S's mean weight of each pair for the listings whose noisy
-  modality is unrelated and for the others, and the ceiling of any weighting at retrieval: the same models
-  scored with the noisy modality left out for exactly the listings where it is unrelated (an oracle), and for
-  every listing.
+- noisy: on a sample whose `--noisy_modality` (default: the table) shows another product's for
+  `--noisy_fraction` (default: half) of the listings (`generate_sample --noisy_modality table
+  --noisy_fraction 0.5`), pretraining without and with SIMCL's weights; besides retrieval it reports S's mean
+  weight of each pair for the listings whose noisy modality is unrelated and for the others, and the ceilings
+  of any weighting: at retrieval, the same models scored with the noisy modality left out for exactly the
+  listings where it is unrelated (an oracle) and for every listing; in training, the unweighted recipe
+  pretrained on the clean sample (it never sees an unrelated pair), and every model scored on the clean
+  sample's listings too (what the encoders learned, apart from what the noisy listings cost at scoring).
 
 Every row is scored on the pretrained features like `evaluation.py` (coarse retrieval mAP@k / Prec@k, linear
 probe accuracy for the classification column; the paper's accuracy is after fine-tuning, which the ablation
@@ -78,8 +80,17 @@ class Row:
 DEFAULT = Run()
 
 
+def noisy_data_kind(modality: str, fraction: float = 0.5) -> str:
+    """The name of the sample with `modality` unrelated for `fraction` of its listings (and of its runs)."""
+    return f"noisy_{modality}" if fraction == 0.5 else f"noisy_{modality}_{fraction:g}"
+
+
 def table_rows(
-    table: str, protocol: str, modalities: tuple[str, ...] = MODALITIES, noisy_modality: str = "table"
+    table: str,
+    protocol: str,
+    modalities: tuple[str, ...] = MODALITIES,
+    noisy_modality: str = "table",
+    noisy_fraction: float = 0.5,
 ) -> list[Row]:
     """The rows of one table, in the paper's order; Tables 6, 7 and 8 pretrain and score on `modalities`,
     the noisy rows on caption, table, image and `noisy_modality`."""
@@ -115,7 +126,7 @@ def table_rows(
         ]
     if table == "noisy":  # caption, table and image: what most listings have, so most have every pair
         modalities = tuple(m for m in MODALITIES if m in ("text", "table", "image", noisy_modality))
-        data = f"noisy_{noisy_modality}"
+        data = noisy_data_kind(noisy_modality, noisy_fraction)
         return [
             Row("noisy", "no SIMCL", Run(data, modalities, "simcl_weighting=none"), modalities),
             Row("noisy", "SIMCL", Run(data, modalities), modalities),
@@ -165,6 +176,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the modality the noisy setting makes unrelated for half of the listings that have it",
     )
     parser.add_argument(
+        "--noisy_fraction",
+        type=float,
+        default=0.5,
+        help="the share of the listings with --noisy_modality whose content is another product's",
+    )
+    parser.add_argument(
         "--rows", default=None, help="only these rows, ';'-separated labels (e.g. 'neither;SIMCL')"
     )
     args = parser.parse_args(argv)
@@ -181,14 +198,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def prepare_data(root: Path, kind: str, size: str) -> Path:
-    """Generate and convert the sample (`kind` "noisy_<modality>": that modality unrelated for half of the
-    listings that have it)."""
+    """Generate and convert the sample (`kind` from `noisy_data_kind`: that modality unrelated for a share of
+    the listings that have it)."""
     raw, data = root / f"sample_{kind}_raw", root / f"m5product_{kind}"
     python = sys.executable
     if not (raw / "sample_info.json").exists():
         command = [python, "-m", "dataset_script.generate_sample", str(raw), "--size", size, "--seed", "0"]
-        if kind.startswith("noisy_"):
-            command += ["--noisy_modality", kind.removeprefix("noisy_"), "--noisy_fraction", "0.5"]
+        if kind.startswith("noisy_"):  # noisy_data_kind's name: noisy_<modality>[_<fraction>]
+            _, modality, *fraction = kind.split("_")
+            command += ["--noisy_modality", modality, "--noisy_fraction", fraction[0] if fraction else "0.5"]
         subprocess.run(command, check=True, cwd=REPO_ROOT)
     if not (data / "_conversion" / "summary.json").exists():
         command = [python, "-m", "dataset_script.convert_datatrove", str(raw), str(data), "--workers", "1"]
@@ -224,7 +242,8 @@ def run_one(run: Run, seed: int, data: Path, root: Path, args: argparse.Namespac
             )
     results = folder / "eval" / "results.json"
     if not results.exists():
-        evaluations = sorted({row.evaluate_on for row in rows_of(args) if row.run == run}, key=len)
+        rows = [*rows_of(args), *clean_reference(args)]
+        evaluations = sorted({row.evaluate_on for row in rows if row.run == run}, key=len)
         command = [
             python, "train/evaluation.py", "--model_dir", str(model), "--data_dir", str(data),
             "--output_dir", str(folder / "eval"), "--seed", str(seed), "--no_baselines", "--no_plots",
@@ -242,9 +261,19 @@ def rows_of(args: argparse.Namespace, tables: Sequence[str] | None = None) -> li
     rows = [
         row
         for table in tables or args.tables
-        for row in table_rows(table, args.protocol, args.modalities, args.noisy_modality)
+        for row in table_rows(table, args.protocol, args.modalities, args.noisy_modality, args.noisy_fraction)
     ]
     return [row for row in rows if args.rows is None or row.label in args.rows]
+
+
+def clean_reference(args: argparse.Namespace) -> list[Row]:
+    """With the noisy table: its unweighted recipe pretrained on the clean sample, a model that never saw an
+    unrelated pair (the ceiling of any weighting in training); scored by `noisy_diagnostics` like the rows."""
+    if "noisy" not in args.tables:
+        return []
+    rows = table_rows("noisy", args.protocol, args.modalities, args.noisy_modality, args.noisy_fraction)
+    unweighted = next(row for row in rows if row.label == "no SIMCL")
+    return [replace(unweighted, label="no SIMCL, clean sample", run=replace(unweighted.run, data="clean"))]
 
 
 def row_scores(results: dict, modalities: Sequence[str]) -> dict[str, float]:
@@ -267,31 +296,46 @@ def retrieval_ceilings(
     labels: Sequence,
     num_queries: int,
 ) -> dict[str, dict[str, float]]:
-    """Coarse retrieval (the first `num_queries` rows against the rest) when the listings flagged `unrelated`
-    are embedded without the noisy modality (`oracle`) and when every listing is (`left out`)."""
+    """Coarse retrieval (the first `num_queries` rows against the rest) as embedded (`all`), when the listings
+    flagged `unrelated` are embedded without the noisy modality (`oracle`) and when every listing is (`left
+    out`)."""
+    oracle = np.where(np.asarray(unrelated)[:, None], embeds_without, embeds)
+    return {
+        name: coarse_retrieval(chosen, item_ids, labels, num_queries)
+        for name, chosen in (("all", embeds), ("oracle", oracle), ("left out", embeds_without))
+    }
+
+
+def coarse_retrieval(
+    embeds: np.ndarray, item_ids: Sequence[str], labels: Sequence, num_queries: int
+) -> dict[str, float]:
+    """`RETRIEVAL_COLUMNS` of the first `num_queries` rows searching the rest."""
     from train.metrics import retrieval_metrics
 
-    oracle = np.where(np.asarray(unrelated)[:, None], embeds_without, embeds)
-    ceilings = {}
-    for name, chosen in (("oracle", oracle), ("left out", embeds_without)):
-        metrics = retrieval_metrics(
-            chosen[:num_queries], labels[:num_queries], chosen[num_queries:], labels[num_queries:],
-            query_ids=item_ids[:num_queries], gallery_ids=item_ids[num_queries:],
-        )  # fmt: skip
-        ceilings[name] = {column: metrics[column] for column in RETRIEVAL_COLUMNS}
-    return ceilings
+    metrics = retrieval_metrics(
+        embeds[:num_queries], labels[:num_queries], embeds[num_queries:], labels[num_queries:],
+        query_ids=item_ids[:num_queries], gallery_ids=item_ids[num_queries:],
+    )  # fmt: skip
+    return {column: metrics[column] for column in RETRIEVAL_COLUMNS}
 
 
 def noisy_diagnostics(
-    model_dir: Path, data_dir: Path, raw_dir: Path, modalities: Sequence[str], noisy_modality: str
+    model_dir: Path,
+    data_dir: Path,
+    raw_dir: Path,
+    modalities: Sequence[str],
+    noisy_modality: str,
+    clean_data_dir: Path,
 ) -> dict[str, dict[str, float]]:
     """What the weights do and what any weighting could gain, over the coarse pool embedded from `modalities`.
 
     `unrelated` / `own`: S's mean weight of every pair holding `noisy_modality`, and of every other pair, over
     the listings that have both of the pair's, for the listings whose noisy modality is unrelated and for the
-    others. `oracle` / `left out`: coarse retrieval when the noisy modality is left out of exactly the
-    listings where it is unrelated (what a perfect weighting of the fused embedding would reach) and of every
-    listing."""
+    others. `all` / `oracle` / `left out`: coarse retrieval as is, with the noisy modality left out of
+    exactly the listings where it is unrelated (what a perfect weighting of the fused embedding would reach)
+    and of every listing. `clean listings`: coarse retrieval over the same listings with their own content
+    (`clean_data_dir`, the sample generated without the noise), which tells what the encoders learned from
+    what the noisy listings cost at scoring."""
     import torch
     from datasets import concatenate_datasets
 
@@ -300,12 +344,19 @@ def noisy_diagnostics(
     from train.embeddings import extract_embeddings
 
     noisy_ids = set(json.loads((raw_dir / "sample_info.json").read_text())["noisy_items"])
-    query, gallery = (load_split(str(data_dir), "retrieval_coarse", s) for s in ("query", "gallery"))
-    items = concatenate_datasets([query, gallery])
     model = ScaleModel.from_pretrained(model_dir).eval()
     processor = ScaleProcessor.from_pretrained(model_dir)
+
+    def coarse_pool(data: Path) -> tuple:
+        query, gallery = (load_split(str(data), "retrieval_coarse", s) for s in ("query", "gallery"))
+        return concatenate_datasets([query, gallery]), [*query["label"], *gallery["label"]], len(query)
+
+    def embed(items, chosen: Sequence[str]) -> dict:
+        return extract_embeddings(model, processor, items, chosen, batch_size=64, device=torch.device("cpu"))
+
+    items, labels, num_queries = coarse_pool(data_dir)
     embedded = {
-        name: extract_embeddings(model, processor, items, chosen, batch_size=64, device=torch.device("cpu"))
+        name: embed(items, chosen)
         for name, chosen in (("all", modalities), ("without", [m for m in modalities if m != noisy_modality]))
     }
     result = embedded["all"]
@@ -331,9 +382,14 @@ def noisy_diagnostics(
             embedded["without"]["product_embeds"],
             unrelated,
             result["item_ids"],
-            [*query["label"], *gallery["label"]],
-            len(query),
+            labels,
+            num_queries,
         )
+    )
+    clean_items, clean_labels, clean_queries = coarse_pool(clean_data_dir)
+    clean = embed(clean_items, modalities)
+    summary["clean listings"] = coarse_retrieval(
+        clean["product_embeds"], clean["item_ids"], clean_labels, clean_queries
     )
     return summary
 
@@ -347,7 +403,7 @@ TITLES = {
     "6": "Table 6 — SIMCL's S on the contrastive pairs (IMCL) and on the masked tasks (PRE)",
     "7": "Table 7 — the table's masked task: single word pieces (MLM) or whole entities (MEM)",
     "8": "Table 8 — caption and table stacked in one encoder (T+Tab) or in their own (T/Tab)",
-    "noisy": "Noisy {modality} (half of the listings show another product's) — retrieval",
+    "noisy": "Noisy {modality} ({share} of the listings show another product's) — retrieval",
 }
 
 
@@ -362,7 +418,8 @@ def format_tables(scores: dict, args: argparse.Namespace, noisy: dict) -> str:
         "Accuracy = linear probe; mAP / Prec = coarse retrieval.",
     ]
     for table in args.tables:
-        title = TITLES[table].format(modality=args.noisy_modality)
+        share = "half" if args.noisy_fraction == 0.5 else f"{args.noisy_fraction:.0%}"
+        title = TITLES[table].format(modality=args.noisy_modality, share=share)
         title += f" ({protocol[args.protocol]})" if table == "3" else ""
         if table in ("6", "7", "8") and args.modalities != MODALITIES:
             title += f" (pretrained and scored on {', '.join(args.modalities)})"
@@ -386,25 +443,20 @@ def format_tables(scores: dict, args: argparse.Namespace, noisy: dict) -> str:
                 )
         lines += [
             "",
-            f"**Noisy {modality} — the ceiling of any weighting at retrieval**: the same models scored with "
-            f"the {modality} left out of exactly the listings where it is unrelated (oracle), and of every "
-            "listing",
+            f"**Noisy {modality} — the ceiling of any weighting**: every model scored on the noisy listings "
+            f"as they are (all), with the {modality} left out of exactly the listings where it is unrelated "
+            "(oracle: the ceiling of any weighting at retrieval) and of every listing (left out), and on the "
+            "same listings with their own content (clean listings: what the encoders learned). The model "
+            "pretrained on the clean sample never saw an unrelated pair: the ceiling of any weighting in "
+            "training.",
             "",
             "| row | scored on | " + " | ".join(RETRIEVAL_COLUMNS) + " |",
             "|---|---" + "|---" * len(RETRIEVAL_COLUMNS) + "|",
         ]
         for label, groups in noisy.items():
-            trained = scores["noisy"][label]
-            for name, cells in (
-                ("all (as above)", trained),
-                ("oracle", groups["oracle"]),
-                ("left out", groups["left out"]),
-            ):
-                lines.append(
-                    f"| {label} | {name} | "
-                    + " | ".join(mean_std(cells[c]) for c in RETRIEVAL_COLUMNS)
-                    + " |"
-                )
+            for name in ("all", "oracle", "left out", "clean listings"):
+                cells = " | ".join(mean_std(groups[name][column]) for column in RETRIEVAL_COLUMNS)
+                lines.append(f"| {label} | {name} | {cells} |")
     return "\n".join(lines) + "\n"
 
 
@@ -412,8 +464,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     root = Path(args.output_root)
     rows = rows_of(args)
-    data = {kind: prepare_data(root, kind, args.size) for kind in sorted({row.run.data for row in rows})}
-    runs = list(dict.fromkeys(row.run for row in rows))
+    noisy_rows = [row for row in rows if row.table == "noisy"] + clean_reference(args)
+    runs = list(dict.fromkeys(row.run for row in [*rows, *noisy_rows]))
+    data = {kind: prepare_data(root, kind, args.size) for kind in sorted({run.data for run in runs})}
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     jobs = [(run, seed) for seed in args.seeds for run in runs]
     print(
@@ -428,14 +481,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         per_seed = [row_scores(results[row.run, seed], row.evaluate_on) for seed in args.seeds]
         scores.setdefault(row.table, {})[row.label] = {k: [s[k] for s in per_seed] for k in per_seed[0]}
     noisy: dict = {}
-    for row in (row for row in rows if row.table == "noisy"):
+    noisy_data = noisy_data_kind(args.noisy_modality, args.noisy_fraction)
+    for row in noisy_rows:
         per_seed = [
             noisy_diagnostics(
                 root / "runs" / f"{row.run.slug}__seed{seed}" / "pretrain",
-                data[row.run.data],
-                root / f"sample_{row.run.data}_raw",
+                data[noisy_data],
+                root / f"sample_{noisy_data}_raw",
                 row.evaluate_on,
                 args.noisy_modality,
+                data["clean"],
             )
             for seed in args.seeds
         ]
