@@ -510,13 +510,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model_dir", default="outputs/pretrain", help="pretrained SCALE (save_pretrained)")
     parser.add_argument("--finetuned_dir", default=None, help="fine-tuned ScaleForProductClassification")
-    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
-    parser.add_argument("--output_dir", default="outputs/eval")
+    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="the converted dataset's folder")
+    parser.add_argument(
+        "--output_dir", default="outputs/eval", help="where results.json, results.md and the plots go"
+    )
     parser.add_argument(
         "--combinations", default="table3", help="table3, table4, or e.g. 'text;text,image;text,image,table'"
     )
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--batch_size", type=int, default=64, help="products per embedding forward pass")
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers running the processor")
     parser.add_argument("--device", default=None, help="default: cuda when available")
     parser.add_argument(
         "--backend",
@@ -524,7 +526,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["auto", "torch", "faiss"],
         help="retrieval search: chunked exact torch (GPU) or FAISS (CPU)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="the clustering's, the random baseline's and t-SNE's seed"
+    )
     parser.add_argument(
         "--features",
         default="fused",
@@ -539,8 +543,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "baseline row ('none' to skip)",
     )
     parser.add_argument("--no_baselines", action="store_true", help="skip the baseline rows")
-    parser.add_argument("--no_plots", action="store_true")
-    parser.add_argument("--no_model_card", action="store_true")
+    parser.add_argument(
+        "--no_plots", action="store_true", help="skip S's mean matrix and the t-SNE (plots and results)"
+    )
+    parser.add_argument("--no_model_card", action="store_true", help="leave the models' README.md untouched")
     args = parser.parse_args(argv)
     args.device = torch.device(args.device) if args.device else default_device()
     return args

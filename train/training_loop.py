@@ -50,8 +50,15 @@ MAX_LISTED_INPUT_FAILURES = 100
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Optimisation, checkpointing and tracking options common to pretrain.py and finetune.py."""
     group = parser.add_argument_group("training")
-    group.add_argument("--per_device_batch_size", type=int, default=32)
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument(
+        "--per_device_batch_size", type=int, default=32, help="products per process per forward pass"
+    )
+    group.add_argument(
+        "--gradient_accumulation_steps",
+        type=int,
+        default=1,
+        help="forward passes per update (the contrastive negatives stay those of one pass)",
+    )
     group.add_argument("--learning_rate", type=float, default=1e-4, help="paper: 1e-4 with warm-up")
     group.add_argument(
         "--text_encoder_lr_scale",
@@ -65,15 +72,21 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="learning-rate multiplier of SIMCL's learned alignment matrix S (never weight-decayed)",
     )
-    group.add_argument("--weight_decay", type=float, default=0.01)
-    group.add_argument("--adam_beta2", type=float, default=0.999)
-    group.add_argument("--max_grad_norm", type=float, default=1.0)
+    group.add_argument(
+        "--weight_decay", type=float, default=0.01, help="AdamW's, on weights (not biases or norms)"
+    )
+    group.add_argument("--adam_beta2", type=float, default=0.999, help="AdamW's second-moment decay")
+    group.add_argument(
+        "--max_grad_norm", type=float, default=1.0, help="gradients clipped to this global norm"
+    )
     group.add_argument("--lr_scheduler_type", default="linear", help="any transformers.get_scheduler name")
     group.add_argument("--warmup_ratio", type=float, default=0.1, help="warm-up share of updates")
     group.add_argument("--num_epochs", type=float, default=5, help="paper: 5 epochs")
     group.add_argument("--max_steps", type=int, default=None, help="updates; overrides --num_epochs")
     group.add_argument("--num_workers", type=int, default=0, help="DataLoader workers running the processor")
-    group.add_argument("--seed", type=int, default=42)
+    group.add_argument(
+        "--seed", type=int, default=42, help="initialisation, shuffling, masking and subset draws"
+    )
     group.add_argument(
         "--mixed_precision",
         choices=["no", "fp16", "bf16"],
@@ -87,7 +100,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="a checkpoint folder, or 'latest' for the newest one in OUTPUT_DIR/checkpoints",
     )
-    group.add_argument("--logging_steps", type=int, default=10)
+    group.add_argument("--logging_steps", type=int, default=10, help="log the losses every this many updates")
     group.add_argument("--report_to", default="tensorboard", help="accelerate tracker(s), or 'none'")
 
 
