@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from train import ablation
-from train.ablation import DEFAULT, METRICS, Run, parse_args, rows_of, table_rows
+from train.ablation import DEFAULT, METRICS, Run, clean_reference, parse_args, rows_of, table_rows
 
 
 def test_table3_paper_protocol_pretrains_one_model_per_modality_set():
@@ -219,3 +219,27 @@ def test_run_config_overrides_join_the_rows_own(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):  # pretrain.py would keep only the last of two --config_overrides
         parse_args(["--pretrain_args=--config_overrides video_frame_encoder=patches"])
     assert "pass config overrides as --config_overrides (joined" in capsys.readouterr().err
+
+
+def test_paper_objective_runs_apart_with_the_papers_losses_alone(tmp_path, monkeypatch):
+    commands = []
+    monkeypatch.setattr(ablation.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    ours, paper = (
+        parse_args(["--tables", "6,noisy", "--objective", objective]) for objective in ("ours", "paper")
+    )
+    runs = {
+        run for args in (ours, paper) for run in (row.run for row in [*rows_of(args), *clean_reference(args)])
+    }
+    assert len(runs) == 2 * (4 + 2 + 1)  # every recipe twice, never one folder for both objectives
+    assert all(("__paper_objective" in run.slug) == (run.objective == "paper") for run in runs)
+    for run in (row.run for row in rows_of(paper) if row.label in ("neither", "SIMCL")):
+        ablation.run_one(run, 0, tmp_path / "data", tmp_path, paper, threads=1)
+    overrides = [
+        command[command.index("--config_overrides") + 1]
+        for command in commands
+        if "train/pretrain.py" in command
+    ]
+    assert overrides == [
+        "subset_loss_weight=0,distillation_loss_weight=0,simcl_weighting=none",
+        "subset_loss_weight=0,distillation_loss_weight=0",
+    ]

@@ -21,6 +21,10 @@
   pretrained on the clean sample (it never sees an unrelated pair), and every model scored on the clean
   sample's listings too (what the encoders learned, apart from what the noisy listings cost at scoring).
 
+`--objective paper` pretrains every run with the paper's losses alone (no subset-consistency term, no
+distillation toward the text encoder: the objective the paper's ablations were run with); its runs live apart
+from ours (`__paper_objective` in their folder names).
+
 Every row is scored on the pretrained features like `evaluation.py` (coarse retrieval mAP@k / Prec@k, linear
 probe accuracy for the classification column; the paper's accuracy is after fine-tuning, which the ablation
 skips to fit a CPU) and printed as mean ± std over the seeds. The seeds are training seeds on one generated
@@ -50,18 +54,26 @@ TABLE3_ORDER = ("text", "image", "table", "video", "audio")
 METRICS = ("mAP@1", "mAP@5", "mAP@10", "Prec@1", "Prec@5", "Prec@10")
 
 
+OBJECTIVES = {"ours": "", "paper": "subset_loss_weight=0,distillation_loss_weight=0"}
+"""The pretraining objectives (`--objective`) as model config overrides: ours, and the paper's losses alone
+(no subset-consistency term, no distillation toward the text encoder)."""
+
+
 @dataclass(frozen=True)
 class Run:
-    """One pretraining recipe: the data it reads, its modalities and its options (a seed makes it a run)."""
+    """One pretraining recipe: the data it reads, its modalities, its objective and its options (a seed makes
+    it a run)."""
 
     data: str = "clean"
     modalities: tuple[str, ...] = MODALITIES
     overrides: str = ""
     pretrain_options: tuple[str, ...] = ()
+    objective: str = "ours"
 
     @property
     def slug(self) -> str:
         parts = [self.data, "-".join(m[:2] for m in self.modalities)]
+        parts += [] if self.objective == "ours" else [f"{self.objective}_objective"]
         parts += [self.overrides.replace("=", "_").replace(",", "+")] if self.overrides else []
         parts += (
             ["_".join(option.strip("-") for option in self.pretrain_options)] if self.pretrain_options else []
@@ -182,6 +194,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="the share of the listings with --noisy_modality whose content is another product's",
     )
     parser.add_argument(
+        "--objective",
+        default="ours",
+        choices=list(OBJECTIVES),
+        help="pretraining losses of every run: ours, or the paper's alone (no subset-consistency and no "
+        "distillation term: the objective the paper's ablations were run with)",
+    )
+    parser.add_argument(
         "--rows", default=None, help="only these rows, ';'-separated labels (e.g. 'neither;SIMCL')"
     )
     args = parser.parse_args(argv)
@@ -232,7 +251,8 @@ def run_one(run: Run, seed: int, data: Path, root: Path, args: argparse.Namespac
             "--num_workers", "0", "--resume_from_checkpoint", "latest", "--checkpointing_steps", "100",
             "--checkpoints_total_limit", "1", *run.pretrain_options, *args.pretrain_args.split(),
         ]  # fmt: skip
-        if overrides := ",".join(o for o in (args.config_overrides, run.overrides) if o):
+        every = (args.config_overrides, OBJECTIVES[run.objective], run.overrides)
+        if overrides := ",".join(o for o in every if o):
             command += ["--config_overrides", overrides]  # the row's own last: it wins on a shared key
         if args.max_steps:
             command += ["--max_steps", str(args.max_steps)]
@@ -259,11 +279,15 @@ def run_one(run: Run, seed: int, data: Path, root: Path, args: argparse.Namespac
 def rows_of(args: argparse.Namespace, tables: Sequence[str] | None = None) -> list[Row]:
     """The rows to run, of `tables` (default: all chosen), filtered by `--rows`."""
     rows = [
-        row
+        with_objective(row, args.objective)
         for table in tables or args.tables
         for row in table_rows(table, args.protocol, args.modalities, args.noisy_modality, args.noisy_fraction)
     ]
     return [row for row in rows if args.rows is None or row.label in args.rows]
+
+
+def with_objective(row: Row, objective: str) -> Row:
+    return replace(row, run=replace(row.run, objective=objective))
 
 
 def clean_reference(args: argparse.Namespace) -> list[Row]:
@@ -273,7 +297,8 @@ def clean_reference(args: argparse.Namespace) -> list[Row]:
         return []
     rows = table_rows("noisy", args.protocol, args.modalities, args.noisy_modality, args.noisy_fraction)
     unweighted = next(row for row in rows if row.label == "no SIMCL")
-    return [replace(unweighted, label="no SIMCL, clean sample", run=replace(unweighted.run, data="clean"))]
+    reference = replace(unweighted, label="no SIMCL, clean sample", run=replace(unweighted.run, data="clean"))
+    return [with_objective(reference, args.objective)]
 
 
 def row_scores(results: dict, modalities: Sequence[str]) -> dict[str, float]:
@@ -413,8 +438,10 @@ def format_tables(scores: dict, args: argparse.Namespace, noisy: dict) -> str:
         "paper": "one model pretrained per modality set",
         "leave_out": "one model, modalities left out",
     }
+    objective = "the paper's losses alone" if args.objective == "paper" else "our pretraining objective"
     lines = [
-        f"Pretrained features, {args.pretrain_epochs:g} pretraining epochs, seeds {seeds}: mean ± std. "
+        f"Pretrained features, {args.pretrain_epochs:g} pretraining epochs of {objective}, seeds {seeds}: "
+        "mean ± std. "
         "Accuracy = linear probe; mAP / Prec = coarse retrieval.",
     ]
     for table in args.tables:
