@@ -4,9 +4,11 @@ import json
 
 import numpy as np
 import pytest
+from tiny_m5product import trained_tiny_models
 
 from train import ablation
 from train.ablation import DEFAULT, METRICS, Run, clean_reference, parse_args, rows_of, table_rows
+from train.components import load_split
 
 
 def test_table3_paper_protocol_pretrains_one_model_per_modality_set():
@@ -243,3 +245,22 @@ def test_paper_objective_runs_apart_with_the_papers_losses_alone(tmp_path, monke
         "subset_loss_weight=0,distillation_loss_weight=0,simcl_weighting=none",
         "subset_loss_weight=0,distillation_loss_weight=0",
     ]
+
+
+def test_noisy_diagnostics_on_a_real_model_scores_both_samples_and_counts_the_flagged_listings(
+    tmp_path, tmp_path_factory
+):
+    data_dir, pretrained, _ = trained_tiny_models(tmp_path_factory)
+    query = load_split(str(data_dir), "retrieval_coarse", "query")
+    with_image = [
+        item_id for item_id, image in zip(query["item_id"], query["image"], strict=True) if image is not None
+    ]
+    flagged = with_image[:3]
+    (tmp_path / "sample_info.json").write_text(json.dumps({"noisy_items": {i: "elsewhere" for i in flagged}}))
+
+    # the same converted sample as the noisy and as the clean one: scoring it both ways must agree
+    report = ablation.noisy_diagnostics(pretrained, data_dir, tmp_path, ("text", "image"), "image", data_dir)
+    assert report["unrelated"]["listings"] == len(flagged)
+    assert report["clean listings"] == report["all"]
+    assert set(report["all"]) == set(ablation.RETRIEVAL_COLUMNS)
+    assert 0.0 < report["unrelated"]["pairs with noisy"] and np.isnan(report["unrelated"]["other pairs"])
