@@ -185,7 +185,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--noisy_modality",
         default="table",
         choices=MODALITIES,
-        help="the modality the noisy setting makes unrelated for half of the listings that have it",
+        help="the modality made unrelated for --noisy_fraction of the listings that have it",
     )
     parser.add_argument(
         "--noisy_fraction",
@@ -287,6 +287,7 @@ def rows_of(args: argparse.Namespace, tables: Sequence[str] | None = None) -> li
 
 
 def with_objective(row: Row, objective: str) -> Row:
+    """`row` pretrained with `objective` (a key of `OBJECTIVES`)."""
     return replace(row, run=replace(row.run, objective=objective))
 
 
