@@ -217,6 +217,10 @@ def test_run_config_overrides_join_the_rows_own(tmp_path, monkeypatch, capsys):
     pretrain = [command for command in commands if "train/pretrain.py" in command]
     overrides = [command[command.index("--config_overrides") + 1] for command in pretrain]
     assert [command.count("--config_overrides") for command in pretrain] == [1, 1]
+    assert sum("train/evaluation.py" in command for command in commands) == 2
+    (reference,) = clean_reference(args)  # scored by the noisy diagnostics only: pretrained, not evaluated
+    assert ablation.run_one(reference.run, 0, tmp_path / "data", tmp_path, args, threads=1) is None
+    assert "train/pretrain.py" in commands[-1] and sum("train/evaluation.py" in c for c in commands) == 2
     assert overrides == ["alignment=relative,simcl_weighting=none", "alignment=relative"]
     with pytest.raises(SystemExit):  # pretrain.py would keep only the last of two --config_overrides
         parse_args(["--pretrain_args=--config_overrides video_frame_encoder=patches"])

@@ -233,8 +233,11 @@ def prepare_data(root: Path, kind: str, size: str) -> Path:
     return data
 
 
-def run_one(run: Run, seed: int, data: Path, root: Path, args: argparse.Namespace, threads: int) -> Path:
-    """Pretrain and evaluate one (recipe, seed); returns its results.json."""
+def run_one(
+    run: Run, seed: int, data: Path, root: Path, args: argparse.Namespace, threads: int
+) -> Path | None:
+    """Pretrain one (recipe, seed) and evaluate it on what the tables' rows score; returns its results.json
+    (None when no row scores it)."""
     folder = root / "runs" / f"{run.slug}__seed{seed}"
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     python = sys.executable
@@ -260,10 +263,11 @@ def run_one(run: Run, seed: int, data: Path, root: Path, args: argparse.Namespac
             subprocess.run(
                 command, check=True, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT
             )
+    evaluations = sorted({row.evaluate_on for row in rows_of(args) if row.run == run}, key=len)
+    if not evaluations:  # a run no table row scores (the noisy table's clean reference): its own diagnostics
+        return None
     results = folder / "eval" / "results.json"
     if not results.exists():
-        rows = [*rows_of(args), *clean_reference(args)]
-        evaluations = sorted({row.evaluate_on for row in rows if row.run == run}, key=len)
         command = [
             python, "train/evaluation.py", "--model_dir", str(model), "--data_dir", str(data),
             "--output_dir", str(folder / "eval"), "--seed", str(seed), "--no_baselines", "--no_plots",
@@ -502,7 +506,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     with ThreadPoolExecutor(args.jobs) as pool:
         futures = {job: pool.submit(run_one, *job, data[job[0].data], root, args, threads) for job in jobs}
-        results = {job: json.loads(future.result().read_text()) for job, future in futures.items()}
+        results = {
+            job: json.loads(path.read_text()) for job, future in futures.items() if (path := future.result())
+        }
 
     scores: dict = {}
     for row in rows:
