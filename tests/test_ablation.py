@@ -190,6 +190,49 @@ def test_noisy_fraction_names_its_own_sample_and_runs(tmp_path, monkeypatch):
     assert ablation.TITLES["noisy"].format(modality="audio", share="80%").startswith("Noisy audio (80% of")
 
 
+def test_runs_with_other_overrides_or_options_get_folders_of_their_own(tmp_path):
+    plain = parse_args([])
+    other = parse_args(["--config_overrides", "num_encoder_layers=6", "--pretrain_args=--table_in_caption"])
+    run = Run(modalities=("text", "table", "image"), overrides="table_masking=token")
+    assert ablation.run_folder(tmp_path, run, 1, plain) == tmp_path / "runs" / f"{run.slug}__seed1"
+    assert ablation.run_folder(tmp_path, run, 1, other).name == (
+        "clean__te-ta-im__num_encoder_layers_6+table_masking_token__table_in_caption__seed1"
+    )
+    assert ablation.sample_folders(tmp_path, "clean", "default") == (
+        tmp_path / "sample_clean_raw",
+        tmp_path / "m5product_clean",
+    )
+    assert (
+        ablation.sample_folders(tmp_path, "noisy_table", "tiny")[1] == tmp_path / "m5product_noisy_table_tiny"
+    )
+
+
+def test_a_run_trained_with_other_settings_is_never_resumed_or_scored(tmp_path, capsys):
+    folder = tmp_path / "runs" / "clean__te__seed0"
+    ablation.check_run_settings(folder, parse_args(["--pretrain_epochs", "4"]))
+    recorded = json.loads((folder / "run_settings.json").read_text())
+    assert (
+        recorded["pretrain_epochs"] == 4 and recorded["size"] == "default" and recorded["max_steps"] is None
+    )
+    ablation.check_run_settings(folder, parse_args(["--pretrain_epochs", "4"]))  # same settings: resumes
+    with pytest.raises(SystemExit, match=r"clean__te__seed0 was trained with max_steps=None \(now 2\)"):
+        ablation.check_run_settings(folder, parse_args(["--max_steps", "2"]))
+    unrecorded = tmp_path / "runs" / "clean__ta__seed0"
+    (unrecorded / "pretrain").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="clean__ta__seed0 holds a pretraining without a record"):
+        ablation.check_run_settings(unrecorded, parse_args([]))
+
+
+def test_main_refuses_a_mismatched_run_before_training_any(tmp_path, fake_runs):
+    args = ["--output_root", str(tmp_path), "--tables", "6", "--seeds", "0,1"]
+    (tmp_path / "runs").mkdir()
+    stale = ablation.run_folder(tmp_path, DEFAULT, 1, parse_args(args))  # the last job of the command
+    ablation.check_run_settings(stale, parse_args([*args, "--batch_size", "8"]))
+    with pytest.raises(SystemExit, match="batch_size=8 \\(now 32\\)"):
+        ablation.main(args)
+    assert fake_runs == []
+
+
 def test_retrieval_ceilings_leave_the_noisy_modality_out_of_exactly_the_flagged_listings():
     # queries q0 (label a), q1 (label b); gallery g0 (a), g1 (b). q0's noisy modality points it at b; without
     # it, it points at a. g1 is also noisy, but its embedding without the modality points at a.

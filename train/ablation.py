@@ -29,8 +29,10 @@ Every row is scored on the pretrained features like `evaluation.py` (coarse retr
 probe accuracy for the classification column; the paper's accuracy is after fine-tuning, which the ablation
 skips to fit a CPU) and printed as mean ± std over the seeds. The seeds are training seeds on one generated
 sample. Runs shared by several tables (the all-modality default row) are trained once. Each run is skipped
-when its output is complete, so the command can be stopped and rerun; `--jobs` runs several at once, each
-with its share of the cores. Results: OUTPUT_ROOT/ablation.{md,json}.
+when its output is complete, so the command can be stopped and rerun; a run's folder is named by its recipe
+with `--config_overrides` and `--pretrain_args`, and records the rest of what its training depends on
+(`RUN_SETTINGS`): a rerun that differs there stops before training anything instead of scoring the old runs.
+`--jobs` runs several at once, each with its share of the cores. Results: OUTPUT_ROOT/ablation.{md,json}.
 """
 
 from __future__ import annotations
@@ -216,10 +218,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def sample_folders(root: Path, kind: str, size: str) -> tuple[Path, Path]:
+    """The raw sample and its conversion for a data `kind` (`noisy_data_kind`'s name or "clean") and size;
+    a size other than the default has folders of its own, so a smoke test's sample never feeds a real run."""
+    name = kind if size == "default" else f"{kind}_{size}"
+    return root / f"sample_{name}_raw", root / f"m5product_{name}"
+
+
 def prepare_data(root: Path, kind: str, size: str) -> Path:
     """Generate and convert the sample (`kind` from `noisy_data_kind`: that modality unrelated for a share of
     the listings that have it)."""
-    raw, data = root / f"sample_{kind}_raw", root / f"m5product_{kind}"
+    raw, data = sample_folders(root, kind, size)
     python = sys.executable
     if not (raw / "sample_info.json").exists():
         command = [python, "-m", "dataset_script.generate_sample", str(raw), "--size", size, "--seed", "0"]
@@ -233,16 +242,54 @@ def prepare_data(root: Path, kind: str, size: str) -> Path:
     return data
 
 
+def run_folder(root: Path, run: Run, seed: int, args: argparse.Namespace) -> Path:
+    """A run's folder, named by its recipe with the command's `--config_overrides` and `--pretrain_args`
+    (recipes that differ never share a folder) and its seed."""
+    overrides = ",".join(o for o in (args.config_overrides, run.overrides) if o)
+    recipe = replace(
+        run, overrides=overrides, pretrain_options=(*run.pretrain_options, *args.pretrain_args.split())
+    )
+    return root / "runs" / f"{recipe.slug}__seed{seed}"
+
+
+RUN_SETTINGS = ("size", "model_config", "pretrain_epochs", "batch_size", "max_steps", "calibration_products")
+"""What a run's training depends on besides its folder's name: recorded in the folder, checked on a rerun."""
+
+
+def check_run_settings(folder: Path, args: argparse.Namespace) -> None:
+    """Record the command's `RUN_SETTINGS` in a new run folder; refuse to resume or reuse one trained with
+    others (it would score a different training under this command's table)."""
+    record = folder / "run_settings.json"
+    settings = {key: getattr(args, key) for key in RUN_SETTINGS}
+    if record.exists():
+        recorded = json.loads(record.read_text())
+        if differing := [
+            f"{k}={recorded.get(k)!r} (now {v!r})" for k, v in settings.items() if recorded.get(k) != v
+        ]:
+            raise SystemExit(
+                f"{folder} was trained with {', '.join(differing)}: "
+                "choose another --output_root or move it away"
+            )
+    elif (folder / "pretrain").exists():
+        raise SystemExit(
+            f"{folder} holds a pretraining without a record of its settings ({', '.join(RUN_SETTINGS)}): "
+            "choose another --output_root or move it away"
+        )
+    else:
+        folder.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(settings, indent=1))
+
+
 def run_one(
     run: Run, seed: int, data: Path, root: Path, args: argparse.Namespace, threads: int
 ) -> Path | None:
     """Pretrain one (recipe, seed) and evaluate it on what the tables' rows score; returns its results.json
     (None when no row scores it)."""
-    folder = root / "runs" / f"{run.slug}__seed{seed}"
+    folder = run_folder(root, run, seed, args)
+    check_run_settings(folder, args)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     python = sys.executable
     log = folder / "log.txt"
-    folder.mkdir(parents=True, exist_ok=True)
     model = folder / "pretrain"
     if not (model / "training_summary.json").exists():
         command = [
@@ -501,6 +548,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     data = {kind: prepare_data(root, kind, args.size) for kind in sorted({run.data for run in runs})}
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     jobs = [(run, seed) for seed in args.seeds for run in runs]
+    for run, seed in jobs:  # before any training: a mismatch must not wait for the runs queued before it
+        check_run_settings(run_folder(root, run, seed, args), args)
     print(
         f"{len(jobs)} pretraining runs ({len(runs)} recipes x {len(args.seeds)} seeds), {args.jobs} at once"
     )
@@ -519,9 +568,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for row in noisy_rows:
         per_seed = [
             noisy_diagnostics(
-                root / "runs" / f"{row.run.slug}__seed{seed}" / "pretrain",
+                run_folder(root, row.run, seed, args) / "pretrain",
                 data[noisy_data],
-                root / f"sample_{noisy_data}_raw",
+                sample_folders(root, noisy_data, args.size)[0],
                 row.evaluate_on,
                 args.noisy_modality,
                 data["clean"],
