@@ -118,17 +118,20 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
 
     def _torch_log_mel(self, waveform: np.ndarray) -> np.ndarray:
         """`_numpy_log_mel` computed with torch (centred, reflect-padded STFT with a periodic Hann window)."""
+        # float32 (half the time of float64) unless the power could overflow it: |X|^2 <= (n_fft * peak)^2
+        loud = self.n_fft * float(np.abs(waveform).max(initial=0.0)) > 1e18
         stft = torch.stft(
-            torch.from_numpy(waveform),
+            torch.from_numpy(waveform).to(torch.float64 if loud else torch.float32),
             self.n_fft,
             self.hop_length,
-            window=torch.hann_window(self.n_fft),
+            window=torch.hann_window(self.n_fft, dtype=torch.float64 if loud else torch.float32),
             center=True,
             pad_mode="reflect",
             return_complex=True,
         )
-        power = (stft.abs().double() ** 2).contiguous()  # squared in float64: a loud clip must not overflow
-        mel = torch.clamp(torch.from_numpy(self.mel_filters).T @ power, min=1e-10)
+        power = stft.real.square() + stft.imag.square()  # (a reduction over view_as_real is 5x slower)
+        mel_filters = torch.from_numpy(self.mel_filters).T
+        mel = torch.clamp(mel_filters.to(power.dtype) @ power, min=1e-10)
         if self.feature_type == "log_mel":
             return mel.log().numpy()
         decibels = 10.0 * mel.log10()

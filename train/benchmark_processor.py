@@ -8,7 +8,7 @@ linearly:
 - `new`: `ScaleProcessor` as shipped: images decoded at the smallest size >= the model's (JPEG DCT scaling),
   one fused resize + normalise, video frames converted by FFmpeg straight at the model's size;
 - `old`: the same processor with the previous decoding kept here only, for this comparison (full-size
-  decode, transformers' per-step PIL preprocessing, full-size video frames);
+  decode, transformers' per-step PIL preprocessing, full-size video frames, the audio's log-mel in float64);
 - `naive`: the image alone through plain PIL (full decode, bicubic resize, normalise), the yardstick a
   preprocessing pipeline is usually compared with.
 
@@ -38,7 +38,7 @@ import PIL.Image
 import torch
 from transformers.image_processing_backends import PilBackend
 
-from modeling_scale import ScaleImageProcessor, ScaleProcessor
+from modeling_scale import ScaleFeatureExtractor, ScaleImageProcessor, ScaleProcessor
 from modeling_scale.media_decoding_scale import load_image, load_video_frames
 from modeling_scale.video_processing_scale import ScaleVideoProcessor
 
@@ -69,13 +69,32 @@ class LegacyVideoProcessor(ScaleVideoProcessor):
         return load_video_frames(video, fps=self.fps, max_frames=self.max_frames)
 
 
+class LegacyFeatureExtractor(ScaleFeatureExtractor):
+    """The log-mel before float32: the STFT's magnitude squared in float64 for every clip."""
+
+    def _torch_log_mel(self, waveform: np.ndarray) -> np.ndarray:
+        stft = torch.stft(
+            torch.from_numpy(waveform),
+            self.n_fft,
+            self.hop_length,
+            window=torch.hann_window(self.n_fft),
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        power = (stft.abs().double() ** 2).contiguous()
+        mel = torch.clamp(torch.from_numpy(self.mel_filters).T @ power, min=1e-10)
+        decibels = 10.0 * mel.log10()
+        return torch.maximum(decibels, decibels.max() - self.top_db).numpy()
+
+
 def legacy_processor(processor: ScaleProcessor) -> ScaleProcessor:
-    """`processor` with the old image and video decoding (same tokenizer, tables and audio)."""
+    """`processor` with the old image and video decoding and audio features (same tokenizer and tables)."""
     size = processor.image_processor.size
     legacy = ScaleProcessor(
         LegacyImageProcessor(size={"height": size.height, "width": size.width}),
         processor.tokenizer,
-        processor.feature_extractor,
+        LegacyFeatureExtractor(**processor.feature_extractor.to_dict()),
         max_video_frames=processor.max_video_frames,
     )
     legacy.video_frame_processor = LegacyVideoProcessor(
@@ -229,7 +248,7 @@ def main() -> None:
     )
     old = legacy_processor(new)
     naive = naive_image_pipeline(args.image_size)
-    results, differences = {}, {}
+    results, differences, audio_differences = {}, {}, {}
     with tempfile.TemporaryDirectory() as folder:
         media = write_media(
             Path(folder), args.media_seconds, args.video_width, args.video_height, args.content
@@ -241,7 +260,14 @@ def main() -> None:
             if name == "+image":
                 runs["naive"] = lambda: naive([media["image"]] * args.batch_size)
             results[name] = time_alternating(runs, args.batch_size, args.seconds)
-            differences[name] = mean_abs_difference(old(**inputs), new(**inputs))
+            old_out, new_out = old(**inputs), new(**inputs)
+            differences[name] = mean_abs_difference(old_out, new_out)
+            if "audio_features" in new_out:  # normalised MFCC: the float32 log-mel against float64
+                audio_differences[name] = float(
+                    np.abs(
+                        np.asarray(new_out["audio_features"]) - np.asarray(old_out["audio_features"])
+                    ).max()
+                )
     settings = (
         f"{args.content} content (JPEG {image_sizes['image']} KB, MP4 {image_sizes['video']} KB), image "
         f"1000px -> {args.image_size}px, video {args.video_width}x{args.video_height} "
@@ -259,6 +285,11 @@ def main() -> None:
             f"  {name:<11} {rate['old']['cpu']:8.1f} {rate['new']['cpu']:8.1f} "
             f"{rate['new']['cpu'] / rate['old']['cpu']:7.2f}x {rate['old']['wall']:9.1f} "
             f"{rate['new']['wall']:9.1f}  {differences[name]:.2f} of 255"
+            + (
+                f", max |audio feature new - old| {audio_differences[name]:.1e}"
+                if name in audio_differences
+                else ""
+            )
         )
     naive_rate = results["+image"]["naive"]["cpu"]
     print(
@@ -269,7 +300,12 @@ def main() -> None:
     if args.output:
         Path(args.output).write_text(
             json.dumps(
-                {"settings": settings, "products_per_cpu_second": results, "pixel_difference": differences}
+                {
+                    "settings": settings,
+                    "products_per_cpu_second": results,
+                    "pixel_difference": differences,
+                    "audio_feature_max_difference": audio_differences,
+                }
             )
         )
 
