@@ -116,22 +116,26 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
             db_range=self.top_db,
         )  # (num_mel_bins, frames)
 
-    def _torch_log_mel(self, waveform: np.ndarray) -> np.ndarray:
-        """`_numpy_log_mel` computed with torch (centred, reflect-padded STFT with a periodic Hann window)."""
-        # float32 (half the time of float64) unless the power could overflow it: |X|^2 <= (n_fft * peak)^2
+    def _power_spectrogram(self, waveform: np.ndarray) -> torch.Tensor:
+        """|STFT|^2 (centred, reflect-padded, periodic Hann window), (frequencies, frames): float32 (half the
+        time of float64) unless the power could overflow it, |X|^2 <= (n_fft * peak amplitude)^2."""
         loud = self.n_fft * float(np.abs(waveform).max(initial=0.0)) > 1e18
+        dtype = torch.float64 if loud else torch.float32
         stft = torch.stft(
-            torch.from_numpy(waveform).to(torch.float64 if loud else torch.float32),
+            torch.from_numpy(waveform).to(dtype),
             self.n_fft,
             self.hop_length,
-            window=torch.hann_window(self.n_fft, dtype=torch.float64 if loud else torch.float32),
+            window=torch.hann_window(self.n_fft, dtype=dtype),
             center=True,
             pad_mode="reflect",
             return_complex=True,
         )
-        power = stft.real.square() + stft.imag.square()  # (a reduction over view_as_real is 5x slower)
-        mel_filters = torch.from_numpy(self.mel_filters).T
-        mel = torch.clamp(mel_filters.to(power.dtype) @ power, min=1e-10)
+        return stft.real.square() + stft.imag.square()  # (a reduction over view_as_real is 5x slower)
+
+    def _torch_log_mel(self, waveform: np.ndarray) -> np.ndarray:
+        """`_numpy_log_mel` computed with torch."""
+        power = self._power_spectrogram(waveform)
+        mel = torch.clamp(torch.from_numpy(self.mel_filters).T.to(power.dtype) @ power, min=1e-10)
         if self.feature_type == "log_mel":
             return mel.log().numpy()
         decibels = 10.0 * mel.log10()

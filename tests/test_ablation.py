@@ -223,14 +223,16 @@ def test_a_run_trained_with_other_settings_is_never_resumed_or_scored(tmp_path, 
         ablation.check_run_settings(unrecorded, parse_args([]))
 
 
-def test_main_refuses_a_mismatched_run_before_training_any(tmp_path, fake_runs):
+def test_main_refuses_a_mismatched_run_before_training_any(tmp_path, fake_runs, monkeypatch):
+    prepared = []
+    monkeypatch.setattr(ablation, "prepare_data", lambda root, kind, size: prepared.append(kind))
     args = ["--output_root", str(tmp_path), "--tables", "6", "--seeds", "0,1"]
     (tmp_path / "runs").mkdir()
     stale = ablation.run_folder(tmp_path, DEFAULT, 1, parse_args(args))  # the last job of the command
     ablation.check_run_settings(stale, parse_args([*args, "--batch_size", "8"]))
     with pytest.raises(SystemExit, match="batch_size=8 \\(now 32\\)"):
         ablation.main(args)
-    assert fake_runs == []
+    assert fake_runs == [] and prepared == []  # not even the sample generated
 
 
 def test_retrieval_ceilings_leave_the_noisy_modality_out_of_exactly_the_flagged_listings():

@@ -545,11 +545,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     rows = rows_of(args)
     noisy_rows = [row for row in rows if row.table == "noisy"] + clean_reference(args)
     runs = list(dict.fromkeys(row.run for row in [*rows, *noisy_rows]))
+    jobs = [(run, seed) for seed in args.seeds for run in runs]
+    for run, seed in jobs:  # before any work: a mismatch must not wait for the data or the runs queued first
+        check_run_settings(run_folder(root, run, seed, args), args)
     data = {kind: prepare_data(root, kind, args.size) for kind in sorted({run.data for run in runs})}
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    jobs = [(run, seed) for seed in args.seeds for run in runs]
-    for run, seed in jobs:  # before any training: a mismatch must not wait for the runs queued before it
-        check_run_settings(run_folder(root, run, seed, args), args)
     print(
         f"{len(jobs)} pretraining runs ({len(runs)} recipes x {len(args.seeds)} seeds), {args.jobs} at once"
     )

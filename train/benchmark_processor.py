@@ -72,7 +72,7 @@ class LegacyVideoProcessor(ScaleVideoProcessor):
 class LegacyFeatureExtractor(ScaleFeatureExtractor):
     """The log-mel before float32: the STFT's magnitude squared in float64 for every clip."""
 
-    def _torch_log_mel(self, waveform: np.ndarray) -> np.ndarray:
+    def _power_spectrogram(self, waveform: np.ndarray) -> torch.Tensor:
         stft = torch.stft(
             torch.from_numpy(waveform),
             self.n_fft,
@@ -82,10 +82,7 @@ class LegacyFeatureExtractor(ScaleFeatureExtractor):
             pad_mode="reflect",
             return_complex=True,
         )
-        power = (stft.abs().double() ** 2).contiguous()
-        mel = torch.clamp(torch.from_numpy(self.mel_filters).T @ power, min=1e-10)
-        decibels = 10.0 * mel.log10()
-        return torch.maximum(decibels, decibels.max() - self.top_db).numpy()
+        return (stft.abs().double() ** 2).contiguous()
 
 
 def legacy_processor(processor: ScaleProcessor) -> ScaleProcessor:
