@@ -10,6 +10,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,16 +33,6 @@ from .simcl import (
     relational_distillation_loss,
     simcl_contrastive_loss,
 )
-
-MODEL_INPUT_NAMES = (
-    "input_ids", "attention_mask",
-    "table_input_ids", "table_attention_mask", "table_entity_ids",
-    "pixel_values", "image_features", "image_boxes", "image_mask",
-    "video_pixel_values", "video_features", "video_mask",
-    "audio_features", "audio_mask",
-    "modality_mask",
-)  # fmt: skip
-"""Every input `ScaleModel.forward` reads (the shared processor -> model contract)."""
 
 # ------------------------------------------------------------------------------------------------------------
 # Raw token vectors: what one token of a modality "is" before the model embeds it. The model embeds inputs
@@ -347,6 +338,20 @@ def _check_length(field: str, length: int, limit: int, limit_name: str) -> None:
         raise ValueError(f"`{field}` has {length} positions, more than config.{limit_name} = {limit}")
 
 
+class ModalityTokens(NamedTuple):
+    """One modality's embedded inputs: what its encoder reads."""
+
+    tokens: torch.Tensor  # (B, L, hidden_size)
+    mask: torch.Tensor  # (B, L) bool: real tokens (a media modality's leading CLS always counts)
+    has_content: torch.Tensor  # (B,) bool: the sample has this modality at all
+
+
+def _media_tokens(tokens: torch.Tensor, mask: torch.Tensor | None) -> ModalityTokens:
+    """A media modality's tokens ([CLS] first): has content when any token after the CLS is real."""
+    mask = _with_cls(_mask_or_ones(mask, tokens[:, 1:]))
+    return ModalityTokens(tokens, mask, mask[:, 1:].any(dim=-1))
+
+
 class ScaleTokenEmbeddings(nn.Module):
     """Word + position embeddings of the caption or the serialised table; the table adds a role embedding."""
 
@@ -375,8 +380,47 @@ def table_roles(table_entity_ids: torch.Tensor) -> torch.Tensor:
     return torch.where(table_entity_ids == 0, 0, 2 - table_entity_ids % 2)
 
 
+class ScaleTextEmbeddings(ScaleTokenEmbeddings):
+    """The caption's word pieces."""
+
+    input_names = ("input_ids", "attention_mask")
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__(config, config.max_text_length, "max_text_length")
+
+    def embed_inputs(self, inputs: dict) -> ModalityTokens | None:
+        if inputs.get("input_ids") is None:
+            return None
+        tokens = self(inputs["input_ids"], "input_ids")
+        mask = _mask_or_ones(inputs.get("attention_mask"), tokens)
+        return ModalityTokens(tokens, mask, mask.any(dim=-1))
+
+
+class ScaleTableEmbeddings(ScaleTokenEmbeddings):
+    """The serialised table's word pieces, each with its role (separator, key or value)."""
+
+    input_names = ("table_input_ids", "table_attention_mask", "table_entity_ids")
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__(config, config.max_table_length, "max_table_length", num_roles=3)
+
+    def embed_inputs(self, inputs: dict) -> ModalityTokens | None:
+        if inputs.get("table_input_ids") is None:
+            return None
+        if inputs.get("table_entity_ids") is None:
+            raise ValueError(
+                "`table_input_ids` need their `table_entity_ids` (the table roles come from them)"
+            )
+        roles = table_roles(inputs["table_entity_ids"])
+        tokens = self(inputs["table_input_ids"], "table_input_ids", roles)
+        mask = _mask_or_ones(inputs.get("table_attention_mask"), tokens)
+        return ModalityTokens(tokens, mask, mask.any(dim=-1))
+
+
 class ScaleImageEmbeddings(nn.Module):
     """Pixels -> patch tokens (Conv2d + positions), or detector regions -> Linear(feature) + Linear(box)."""
+
+    input_names = ("pixel_values", "image_features", "image_boxes", "image_mask")
 
     def __init__(self, config: ScaleConfig):
         super().__init__()
@@ -415,6 +459,16 @@ class ScaleImageEmbeddings(nn.Module):
         cls = (self.cls_embedding + self.position_embeddings.weight[0]).expand(tokens.shape[0], 1, -1)
         return self.dropout(self.LayerNorm(torch.cat([cls.to(tokens.dtype), tokens], dim=1)))
 
+    def embed_inputs(self, inputs: dict) -> ModalityTokens | None:
+        pixel_values, image_features = inputs.get("pixel_values"), inputs.get("image_features")
+        if pixel_values is not None and image_features is not None:
+            raise ValueError("give either `pixel_values` or `image_features`, not both")
+        if pixel_values is None and image_features is None:
+            return None
+        return _media_tokens(
+            self(pixel_values, image_features, inputs.get("image_boxes")), inputs.get("image_mask")
+        )
+
 
 class ScaleVideoEmbeddings(nn.Module):
     """Frames -> one token each (from pixels by `config.video_frame_encoder`), or a per-frame feature.
@@ -441,6 +495,8 @@ class ScaleVideoEmbeddings(nn.Module):
     Either way the frame tokens get a temporal position embedding, and MFP reconstructs the average-pooled
     frame (`video_frame_vectors`); the video encoder shares no weights with the image encoder.
     """
+
+    input_names = ("video_pixel_values", "video_features", "video_mask")
 
     def __init__(self, config: ScaleConfig):
         super().__init__()
@@ -497,9 +553,19 @@ class ScaleVideoEmbeddings(nn.Module):
         cls = (self.cls_embedding + self.position_embeddings.weight[0]).expand(tokens.shape[0], 1, -1)
         return self.dropout(self.LayerNorm(torch.cat([cls.to(tokens.dtype), tokens], dim=1)))
 
+    def embed_inputs(self, inputs: dict) -> ModalityTokens | None:
+        video_pixel_values, video_features = inputs.get("video_pixel_values"), inputs.get("video_features")
+        if video_pixel_values is not None and video_features is not None:
+            raise ValueError("give either `video_pixel_values` or `video_features`, not both")
+        if video_pixel_values is None and video_features is None:
+            return None
+        return _media_tokens(self(video_pixel_values, video_features), inputs.get("video_mask"))
+
 
 class ScaleAudioEmbeddings(nn.Module):
     """MFCC / log-mel frames -> tokens: each non-overlapping group of `audio_subsampling` frames -> Linear."""
+
+    input_names = ("audio_features", "audio_mask")
 
     def __init__(self, config: ScaleConfig):
         super().__init__()
@@ -522,6 +588,33 @@ class ScaleAudioEmbeddings(nn.Module):
         tokens = tokens + self.position_embeddings.weight[1 : tokens.shape[1] + 1]
         cls = (self.cls_embedding + self.position_embeddings.weight[0]).expand(tokens.shape[0], 1, -1)
         return self.dropout(self.LayerNorm(torch.cat([cls.to(tokens.dtype), tokens], dim=1)))
+
+    def embed_inputs(self, inputs: dict) -> ModalityTokens | None:
+        audio_features, audio_mask = inputs.get("audio_features"), inputs.get("audio_mask")
+        if audio_features is None:
+            return None
+        if audio_mask is not None:
+            # padding frames inside a partly valid group must not leak into its token
+            audio_features = torch.where(audio_mask.bool()[..., None], audio_features, 0.0)
+            audio_mask = audio_group_mask(audio_mask, self.group)
+        return _media_tokens(self(audio_features), audio_mask)
+
+
+MODALITY_EMBEDDINGS: dict[str, type[nn.Module]] = {
+    "text": ScaleTextEmbeddings,
+    "table": ScaleTableEmbeddings,
+    "image": ScaleImageEmbeddings,
+    "video": ScaleVideoEmbeddings,
+    "audio": ScaleAudioEmbeddings,
+}
+"""Each modality's embeddings module: it owns its input names (`input_names`) and reads them from the model's
+inputs (`embed_inputs`: the modality's tokens, or None when none of its inputs were given)."""
+
+MODEL_INPUT_NAMES = (
+    *(name for modality in MODALITIES for name in MODALITY_EMBEDDINGS[modality].input_names),
+    "modality_mask",
+)
+"""Every input `ScaleModel.forward` reads (the shared processor -> model contract)."""
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -931,17 +1024,7 @@ class ScaleModel(ScalePreTrainedModel):
 
     def __init__(self, config: ScaleConfig):
         super().__init__(config)
-        self.embeddings = nn.ModuleDict(
-            {
-                "text": ScaleTokenEmbeddings(config, config.max_text_length, "max_text_length"),
-                "table": ScaleTokenEmbeddings(
-                    config, config.max_table_length, "max_table_length", num_roles=3
-                ),
-                "image": ScaleImageEmbeddings(config),
-                "video": ScaleVideoEmbeddings(config),
-                "audio": ScaleAudioEmbeddings(config),
-            }
-        )
+        self.embeddings = nn.ModuleDict({name: MODALITY_EMBEDDINGS[name](config) for name in MODALITIES})
         self.encoders = nn.ModuleDict(
             {
                 name: ScaleEncoder(
@@ -972,51 +1055,6 @@ class ScaleModel(ScalePreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.embeddings["text"].word_embeddings = value
-
-    def _embed(self, name: str, inputs: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """One modality's (tokens (B, L, H), token mask (B, L) bool, has-content (B,)); None if absent."""
-        get = inputs.get
-        if name == "text":
-            if get("input_ids") is None:
-                return None
-            tokens = self.embeddings["text"](get("input_ids"), "input_ids")
-            mask = _mask_or_ones(get("attention_mask"), tokens)
-        elif name == "table":
-            if get("table_input_ids") is None:
-                return None
-            if get("table_entity_ids") is None:
-                raise ValueError(
-                    "`table_input_ids` need their `table_entity_ids` (the table roles come from them)"
-                )
-            roles = table_roles(get("table_entity_ids"))
-            tokens = self.embeddings["table"](get("table_input_ids"), "table_input_ids", roles)
-            mask = _mask_or_ones(get("table_attention_mask"), tokens)
-        elif name == "image":
-            if get("pixel_values") is not None and get("image_features") is not None:
-                raise ValueError("give either `pixel_values` or `image_features`, not both")
-            if get("pixel_values") is None and get("image_features") is None:
-                return None
-            tokens = self.embeddings["image"](get("pixel_values"), get("image_features"), get("image_boxes"))
-            mask = _with_cls(_mask_or_ones(get("image_mask"), tokens[:, 1:]))
-        elif name == "video":
-            if get("video_pixel_values") is not None and get("video_features") is not None:
-                raise ValueError("give either `video_pixel_values` or `video_features`, not both")
-            if get("video_pixel_values") is None and get("video_features") is None:
-                return None
-            tokens = self.embeddings["video"](get("video_pixel_values"), get("video_features"))
-            mask = _with_cls(_mask_or_ones(get("video_mask"), tokens[:, 1:]))
-        else:
-            if get("audio_features") is None:
-                return None
-            audio_features, audio_mask = get("audio_features"), get("audio_mask")
-            if audio_mask is not None:
-                # padding frames inside a partly valid group must not leak into its token
-                audio_features = torch.where(audio_mask.bool()[..., None], audio_features, 0.0)
-                audio_mask = audio_group_mask(audio_mask, self.config.audio_subsampling)
-            tokens = self.embeddings["audio"](audio_features)
-            mask = _with_cls(_mask_or_ones(audio_mask, tokens[:, 1:]))
-        has_content = mask[:, 1:].any(dim=-1) if name in ("image", "video", "audio") else mask.any(dim=-1)
-        return tokens, mask, has_content
 
     def _encode_modality(self, name: str, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Run one modality encoder on the kept tokens (a sample lacking the modality keeps none)."""
@@ -1073,7 +1111,7 @@ class ScaleModel(ScalePreTrainedModel):
         if unknown:
             raise TypeError(f"unexpected SCALE inputs {unknown}; the model reads {list(MODEL_INPUT_NAMES)}")
         check_model_inputs(self.config, inputs)
-        embedded = {name: self._embed(name, inputs) for name in MODALITIES}
+        embedded = {name: self.embeddings[name].embed_inputs(inputs) for name in MODALITIES}
         given = [name for name in MODALITIES if embedded[name] is not None]
         if not given:
             raise ValueError(f"no modality inputs given; expected at least one of {MODALITIES}")
@@ -1199,7 +1237,7 @@ class ScaleModel(ScalePreTrainedModel):
     def _modality_features(self, name: str, inputs: dict) -> torch.Tensor:
         """Contrastive feature of one modality alone (its encoder and projection only, no JCT)."""
         check_model_inputs(self.config, inputs)
-        embedded = self._embed(name, inputs)
+        embedded = self.embeddings[name].embed_inputs(inputs)
         if embedded is None:
             raise ValueError(f"no {name} inputs given")
         tokens, mask, has_content = embedded

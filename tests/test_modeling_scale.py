@@ -27,7 +27,12 @@ from modeling_scale import (
     ScaleForProductClassification,
     ScaleModel,
 )
-from modeling_scale.modeling_scale import audio_group_vectors, image_patch_vectors, video_frame_vectors
+from modeling_scale.modeling_scale import (
+    MODEL_INPUT_NAMES,
+    audio_group_vectors,
+    image_patch_vectors,
+    video_frame_vectors,
+)
 
 BATCH = 4
 TEXT_LEN, TABLE_LEN, REGIONS, FRAMES, AUDIO_FRAMES = 7, 9, 5, 3, 10
@@ -425,6 +430,21 @@ def test_errors_name_the_field(config):
         model.get_product_embeddings(pixel_value=torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match="batch size mismatch"):
         model(input_ids=torch.ones(2, 3, dtype=torch.long), audio_features=torch.zeros(3, 4, 8))
+
+
+@pytest.mark.parametrize("image, video", [("features", "features"), ("pixels", "pixels")])
+def test_each_modality_embeddings_module_owns_its_input_names(config, image, video):
+    """The model reads exactly its modalities' `input_names` (plus `modality_mask`), each owned by one module,
+    and a module given only the other modalities' inputs sees none of its own."""
+    model = ScaleModel(config).eval()
+    owned = [name for module in model.embeddings.values() for name in module.input_names]
+    assert len(owned) == len(set(owned)) and (*owned, "modality_mask") == MODEL_INPUT_NAMES
+    inputs = make_inputs(config, image=image, video=video)
+    for modality, module in model.embeddings.items():
+        others = {key: value for key, value in inputs.items() if key not in module.input_names}
+        assert module.embed_inputs(others) is None, modality
+        own = module.embed_inputs({key: value for key, value in inputs.items() if key in module.input_names})
+        assert own.tokens.shape[:2] == own.mask.shape and own.has_content.shape == (BATCH,), modality
 
 
 # ----------------------------------------------------------------------------------------- SIMCL in the model
