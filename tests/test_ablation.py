@@ -198,6 +198,11 @@ def test_runs_with_other_overrides_or_options_get_folders_of_their_own(tmp_path)
     assert ablation.run_folder(tmp_path, run, 1, other).name == (
         "clean__te-ta-im__num_encoder_layers_6+table_masking_token__table_in_caption__seed1"
     )
+    by_path = [parse_args([f"--pretrain_args=--text_encoder none --tokenizer {p}/vocab"]) for p in "ab"]
+    folders = [ablation.run_folder(tmp_path, run, 1, args) for args in by_path]
+    assert [folder.parent for folder in folders] == [tmp_path / "runs"] * 2  # slashes nest no folders
+    assert folders[0] != folders[1]  # paths that end alike still train apart
+    assert folders[0].name.startswith(f"{run.slug}__text_encoder_none_tokenizer_vocab-")
     assert ablation.sample_folders(tmp_path, "clean", "default") == (
         tmp_path / "sample_clean_raw",
         tmp_path / "m5product_clean",

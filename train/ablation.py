@@ -38,6 +38,7 @@ with `--config_overrides` and `--pretrain_args`, and records the rest of what it
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -77,10 +78,17 @@ class Run:
         parts = [self.data, "-".join(m[:2] for m in self.modalities)]
         parts += [] if self.objective == "ours" else [f"{self.objective}_objective"]
         parts += [self.overrides.replace("=", "_").replace(",", "+")] if self.overrides else []
-        parts += (
-            ["_".join(option.strip("-") for option in self.pretrain_options)] if self.pretrain_options else []
-        )
+        parts += ["_".join(map(option_name, self.pretrain_options))] if self.pretrain_options else []
         return "__".join(parts)
+
+
+def option_name(option: str) -> str:
+    """A pretrain option as part of a folder name: a path by its last part and a short hash of the whole
+    (its slashes would nest folders, and two paths with the same last part must not share a folder)."""
+    option = option.strip("-")
+    if "/" not in option and os.sep not in option:
+        return option
+    return f"{Path(option).name}-{hashlib.sha1(option.encode()).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)
