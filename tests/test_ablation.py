@@ -116,6 +116,18 @@ def test_main_trains_each_recipe_and_seed_once_and_reports_mean_and_std(tmp_path
     markdown = (tmp_path / "ablation.md").read_text()
     assert "| Text | 11.00 ± 1.00 | 11.00 ± 1.00 |" in markdown  # sample std (ddof 1)
     assert "one model pretrained per modality set" in markdown and "| IMCL + PRE | 51.00 ± 1.00 |" in markdown
+    assert "Every run pretrained with" not in markdown
+
+
+def test_the_report_names_the_options_every_run_was_pretrained_with(tmp_path, fake_runs):
+    options = ["--config_overrides", "num_encoder_layers=6", "--pretrain_args=--text_encoder none"]
+    ablation.main(["--output_root", str(tmp_path), "--tables", "8", "--seeds", "0", *options])
+
+    first_line = (tmp_path / "ablation.md").read_text().splitlines()[0]
+    assert first_line.endswith(
+        "Every run pretrained with `--config_overrides num_encoder_layers=6`"
+        " and `--pretrain_args --text_encoder none`."
+    )
 
 
 def test_noisy_tables_list_the_weights_of_each_group_and_the_ceilings_of_any_weighting(

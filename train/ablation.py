@@ -504,6 +504,9 @@ def format_tables(scores: dict, args: argparse.Namespace, noisy: dict) -> str:
         "mean ± std. "
         "Accuracy = linear probe; mAP / Prec = coarse retrieval.",
     ]
+    options = {"--config_overrides": args.config_overrides, "--pretrain_args": args.pretrain_args}
+    if given := [f"`{flag} {value}`" for flag, value in options.items() if value]:
+        lines[0] += f" Every run pretrained with {' and '.join(given)}."
     for table in args.tables:
         share = "half" if args.noisy_fraction == 0.5 else f"{args.noisy_fraction:.0%}"
         title = TITLES[table].format(modality=args.noisy_modality, share=share)
