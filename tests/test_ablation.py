@@ -215,6 +215,10 @@ def test_runs_with_other_overrides_or_options_get_folders_of_their_own(tmp_path)
     assert [folder.parent for folder in folders] == [tmp_path / "runs"] * 2  # slashes nest no folders
     assert folders[0] != folders[1]  # paths that end alike still train apart
     assert folders[0].name.startswith(f"{run.slug}__text_encoder_none_tokenizer_vocab-")
+    by_value = [parse_args([f"--config_overrides=num_fusion_layers=1,tokenizer_file={p}/x"]) for p in "ab"]
+    folders = [ablation.run_folder(tmp_path, run, 1, args) for args in by_value]
+    assert [folder.parent for folder in folders] == [tmp_path / "runs"] * 2 and folders[0] != folders[1]
+    assert folders[0].name.startswith("clean__te-ta-im__num_fusion_layers_1+tokenizer_file_x-")
     assert ablation.sample_folders(tmp_path, "clean", "default") == (
         tmp_path / "sample_clean_raw",
         tmp_path / "m5product_clean",

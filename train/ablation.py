@@ -77,14 +77,16 @@ class Run:
     def slug(self) -> str:
         parts = [self.data, "-".join(m[:2] for m in self.modalities)]
         parts += [] if self.objective == "ours" else [f"{self.objective}_objective"]
-        parts += [self.overrides.replace("=", "_").replace(",", "+")] if self.overrides else []
+        overrides = ["_".join(map(option_name, item.split("=", 1))) for item in self.overrides.split(",")]
+        parts += ["+".join(overrides)] if self.overrides else []
         parts += ["_".join(map(option_name, self.pretrain_options))] if self.pretrain_options else []
         return "__".join(parts)
 
 
 def option_name(option: str) -> str:
-    """A pretrain option as part of a folder name: a path by its last part and a short hash of the whole
-    (its slashes would nest folders, and two paths with the same last part must not share a folder)."""
+    """A pretrain option or config override as part of a folder name: a path by its last part and a short
+    hash of the whole (its slashes would nest folders, and two paths with the same last part must not share a
+    folder)."""
     option = option.strip("-")
     if "/" not in option and os.sep not in option:
         return option
