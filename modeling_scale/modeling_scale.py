@@ -70,6 +70,15 @@ def audio_group_mask(audio_mask: torch.Tensor, group: int) -> torch.Tensor:
     return padded.reshape(audio_mask.shape[0], -1, group).any(dim=-1)
 
 
+class ScaleZeroInitLinear(nn.Linear):
+    """A Linear that starts at zero: a residual branch that adds nothing until trained (`product_projection`,
+    the video patch path's `grid_projection`).
+
+    Its own class, so `_init_weights` zeroes it where it is met: transformers skips `_init_weights` for a
+    custom-code module without parameters of its own (as `ScaleModel` is with the default S), so zeroing a
+    child from its parent's branch silently did nothing."""
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Transformer layer (BERT's layout and parameter names, so a BERT checkpoint maps onto it one to one).
 # ------------------------------------------------------------------------------------------------------------
@@ -515,7 +524,7 @@ class ScaleVideoEmbeddings(nn.Module):
             self.spatial_position_embeddings = nn.Embedding(num_patches, hidden)
             self.patch_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
             self.patch_reduction = nn.Linear(hidden, reduced)
-            self.grid_projection = nn.Linear(num_patches * reduced, hidden)
+            self.grid_projection = ScaleZeroInitLinear(num_patches * reduced, hidden)
         self.feature_projection = nn.Linear(config.video_feature_dim, config.hidden_size)
         self.position_embeddings = nn.Embedding(config.max_video_frames + 1, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -930,14 +939,12 @@ class ScalePreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
-        if isinstance(module, (ScaleImageEmbeddings, ScaleVideoEmbeddings, ScaleAudioEmbeddings)):
+        if isinstance(module, ScaleZeroInitLinear):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (ScaleImageEmbeddings, ScaleVideoEmbeddings, ScaleAudioEmbeddings)):
             init.normal_(module.cls_embedding, mean=0.0, std=self.config.initializer_range)
-            if isinstance(module, ScaleVideoEmbeddings) and module.frame_encoder == "patches":
-                init.zeros_(module.grid_projection.weight)  # the patch path starts as the pooled stem
-                init.zeros_(module.grid_projection.bias)
         elif isinstance(module, ScaleModel):
-            init.zeros_(module.product_projection.weight)  # product_embeds start as the pooled JCT states
-            init.zeros_(module.product_projection.bias)
             if module.alignment_parameter is not None:
                 # "learned" S starts at all ones (k * S * softmax(S) = 1), "bounded" S at a constant (a
                 # uniform softmax times the count = 1): SIMCL starts unweighted.
@@ -1040,7 +1047,7 @@ class ScaleModel(ScalePreTrainedModel):
         self.fusion_encoder = ScaleEncoder(config, config.num_fusion_layers)
         # The fused token states must keep their modality (the masked tasks read it); this residual map,
         # trained by the subset-consistency loss from zero (identity), lets the product embedding drop it.
-        self.product_projection = nn.Linear(config.hidden_size, config.hidden_size)
+        self.product_projection = ScaleZeroInitLinear(config.hidden_size, config.hidden_size)
         self.modality_set_norm = ScaleModalitySetNorm(config)
         self.alignment_reference = ScaleAlignmentReference(config)
         self.alignment_parameter = (
