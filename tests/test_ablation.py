@@ -219,6 +219,11 @@ def test_runs_with_other_overrides_or_options_get_folders_of_their_own(tmp_path)
     folders = [ablation.run_folder(tmp_path, run, 1, args) for args in by_value]
     assert [folder.parent for folder in folders] == [tmp_path / "runs"] * 2 and folders[0] != folders[1]
     assert folders[0].name.startswith("clean__te-ta-im__num_fusion_layers_1+tokenizer_file_x-")
+    signed = Run(modalities=("text",), overrides="temperature=-1").slug  # a value's dashes are kept
+    assert (
+        signed.endswith("__temperature_-1")
+        and signed != Run(modalities=("text",), overrides="temperature=1").slug
+    )
     assert ablation.sample_folders(tmp_path, "clean", "default") == (
         tmp_path / "sample_clean_raw",
         tmp_path / "m5product_clean",

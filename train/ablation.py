@@ -77,20 +77,23 @@ class Run:
     def slug(self) -> str:
         parts = [self.data, "-".join(m[:2] for m in self.modalities)]
         parts += [] if self.objective == "ours" else [f"{self.objective}_objective"]
-        overrides = ["_".join(map(option_name, item.split("=", 1))) for item in self.overrides.split(",")]
+        overrides = ["_".join(map(path_name, item.split("=", 1))) for item in self.overrides.split(",")]
         parts += ["+".join(overrides)] if self.overrides else []
         parts += ["_".join(map(option_name, self.pretrain_options))] if self.pretrain_options else []
         return "__".join(parts)
 
 
 def option_name(option: str) -> str:
-    """A pretrain option or config override as part of a folder name: a path by its last part and a short
-    hash of the whole (its slashes would nest folders, and two paths with the same last part must not share a
-    folder)."""
-    option = option.strip("-")
-    if "/" not in option and os.sep not in option:
-        return option
-    return f"{Path(option).name}-{hashlib.sha1(option.encode()).hexdigest()[:8]}"
+    """A pretrain option as part of a folder name: without its dashes, a path as `path_name` writes it."""
+    return path_name(option.strip("-"))
+
+
+def path_name(text: str) -> str:
+    """`text` as part of a folder name: a path by its last part and a short hash of the whole (its slashes
+    would nest folders, and two paths with the same last part must not share a folder); other text as is."""
+    if "/" not in text and os.sep not in text:
+        return text
+    return f"{Path(text).name}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
 
 
 @dataclass(frozen=True)
