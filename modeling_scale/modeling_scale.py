@@ -721,6 +721,52 @@ class ScaleModalitySetNorm(nn.Module):
         self.std.copy_(variance.sqrt().clamp(min=1e-6))
 
 
+class ScaleModalityWeights(nn.Module):
+    """Each modality's weight in `product_embeds` ((5,) buffer, all ones until fitted: the plain mean).
+
+    A modality that says less about the product than the others (a photo encoder trained from scratch beside
+    a pretrained text encoder, an attribute table filled with boilerplate) would otherwise count as much as
+    they do. The weights come from the modalities' own embeddings, without labels (`fit`;
+    `train/modality_set_calibration.py`): a modality weighs the share of its product-to-product similarities
+    that the other modalities together predict, so a modality that agrees with nothing (pure noise) gets
+    weight 0, and one that agrees with a single other modality (a video with its photo) keeps its weight."""
+
+    def __init__(self, config: ScaleConfig):
+        super().__init__()
+        self.register_buffer("weights", torch.ones(len(MODALITIES)))
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        self.weights.fill_(1.0)
+
+    @torch.no_grad()
+    def fit(self, agreement: torch.Tensor, measured: torch.Tensor) -> torch.Tensor:
+        """Fit the weights from the (5, 5) `agreement` of each modality pair (the correlation of the two
+        modalities' product-to-product similarities), read only where `measured` (5, 5) bool.
+
+        Each modality's shared share is its squared multiple correlation with the others (the R^2 of its
+        similarities regressed on theirs: 1 - 1 / diag(R^-1) of the agreement matrix R, unmeasured or negative
+        agreements read as 0); the weights are those shares scaled to mean 1 over the modalities measured
+        against another. A modality measured against none keeps weight 1. Returns the shares."""
+        size = len(agreement)
+        off_diagonal = measured.bool() & ~torch.eye(size, dtype=torch.bool, device=measured.device)
+        has_pair = off_diagonal.any(dim=1)
+        shares = torch.zeros(size, dtype=torch.float64, device=agreement.device)
+        if not has_pair.any():
+            self.reset()
+            return shares
+        kept = has_pair.nonzero().flatten()
+        correlation = torch.where(off_diagonal, agreement.double().clamp(min=0), 0.0)[kept][:, kept]
+        correlation = correlation + torch.eye(len(kept), dtype=torch.float64, device=correlation.device)
+        shares[kept] = (1 - 1 / torch.linalg.pinv(correlation).diagonal()).clamp(0, 1)
+        scale = shares[kept].mean()
+        weights = torch.ones_like(shares)
+        if scale > 0:
+            weights[kept] = shares[kept] / scale
+        self.weights.copy_(weights)
+        return shares
+
+
 class ScaleAlignmentReference(nn.Module):
     """The mean and standard deviation of each modality pair's cosines across products ((5, 5) buffers),
     fitted on many products after training (`fit`; `train/modality_set_calibration.py`), as BatchNorm keeps
@@ -763,8 +809,8 @@ class ScaleModelOutput(ModelOutput):
         tokens that are masked out (padding, missing modalities).
     product_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
         Fused product embedding: the mean over the present modalities of each modality's mean post-JCT token,
-        plus `product_projection` of it, standardised by the statistics of its modality set
-        (`ScaleModalitySetNorm`; the identity until they are fitted).
+        weighted by `ScaleModalityWeights` (even until fitted), plus `product_projection` of it, standardised
+        by the statistics of its modality set (`ScaleModalitySetNorm`; the identity until they are fitted).
     text_embeds, table_embeds, image_embeds, video_embeds, audio_embeds (`(batch_size, projection_dim)`):
         Contrastive features of each modality (mean of its encoder's tokens before the JCT -> projection
         head), not normalised; zero where the sample lacks the modality.
@@ -949,6 +995,8 @@ class ScalePreTrainedModel(PreTrainedModel):
                 # "learned" S starts at all ones (k * S * softmax(S) = 1), "bounded" S at a constant (a
                 # uniform softmax times the count = 1): SIMCL starts unweighted.
                 init.ones_(module.alignment_parameter)
+        elif isinstance(module, ScaleModalityWeights):  # the plain mean until fitted
+            init.ones_(module.weights)
         elif isinstance(module, ScaleModalitySetNorm):  # the identity until fitted
             init.zeros_(module.mean)
             init.ones_(module.std)
@@ -1027,7 +1075,8 @@ class ScaleModel(ScalePreTrainedModel):
     """
 
     # checkpoints saved before the alignment reference existed load it unfitted (S read against the batch)
-    _keys_to_ignore_on_load_missing = [r"alignment_reference\."]
+    # and before the modality weights existed, with the plain mean over modalities
+    _keys_to_ignore_on_load_missing = [r"alignment_reference\.", r"modality_weights\."]
 
     def __init__(self, config: ScaleConfig):
         super().__init__(config)
@@ -1048,6 +1097,7 @@ class ScaleModel(ScalePreTrainedModel):
         # The fused token states must keep their modality (the masked tasks read it); this residual map,
         # trained by the subset-consistency loss from zero (identity), lets the product embedding drop it.
         self.product_projection = ScaleZeroInitLinear(config.hidden_size, config.hidden_size)
+        self.modality_weights = ScaleModalityWeights(config)
         self.modality_set_norm = ScaleModalitySetNorm(config)
         self.alignment_reference = ScaleAlignmentReference(config)
         self.alignment_parameter = (
@@ -1075,8 +1125,8 @@ class ScaleModel(ScalePreTrainedModel):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The JCT over the kept tokens: (fused states zeroed where not kept, fusion mask, product_embeds).
 
-        `product_embeds` is the mean over the modalities a sample keeps of their mean post-JCT token (every
-        modality counts once, however many tokens it has; the others are not counted), plus
+        `product_embeds` is the mean over the modalities a sample keeps of their mean post-JCT token, each
+        weighted by `modality_weights` however many tokens it has (the others are not counted), plus
         `product_projection` of that mean, standardised for the set of modalities kept."""
         fusion_mask = torch.cat([token_keep[name] for name in spans], dim=1)
         fused = self.fusion_encoder(fusion_inputs, fusion_mask)
@@ -1086,9 +1136,13 @@ class ScaleModel(ScalePreTrainedModel):
             dim=1,
         )
         kept = torch.stack([token_keep[name].any(dim=-1) for name in spans], dim=1)
-        pooled = pooled.sum(dim=1) / kept.sum(dim=1, keepdim=True).clamp(min=1)
+        columns = [MODALITIES.index(name) for name in spans]
+        weights = torch.where(kept, self.modality_weights.weights[columns].to(pooled.dtype), 0.0)
+        # a sample whose kept modalities all weigh 0 falls back to their plain mean
+        weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, kept.to(pooled.dtype))
+        pooled = (weights[..., None] * pooled).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
         kept_set = torch.zeros(kept.shape[0], len(MODALITIES), dtype=torch.bool, device=kept.device)
-        kept_set[:, [MODALITIES.index(name) for name in spans]] = kept
+        kept_set[:, columns] = kept
         return fused, fusion_mask, self.modality_set_norm(pooled + self.product_projection(pooled), kept_set)
 
     def subset_product_embeds(self, encoding: _ScaleEncoding, keep_modalities: torch.Tensor) -> torch.Tensor:

@@ -149,7 +149,14 @@ def test_calibration_fits_the_models_own_embeddings_of_each_set(tmp_path_factory
     dataset = load_split(str(converted_tiny_sample(tmp_path_factory)), "pretrain", "train")
     raw = extract_embeddings(model, processor, dataset, batch_size=16, normalize=False, show_progress=False)
     counts = calibrate_modality_sets(
-        model, processor, dataset, num_views=2, keep_probability=1.0, prior_count=0.0, batch_size=16
+        model,
+        processor,
+        dataset,
+        agreement_products=0,  # the plain mean, as `raw` was fused (the weights: test_modality_weights.py)
+        num_views=2,
+        keep_probability=1.0,
+        prior_count=0.0,
+        batch_size=16,
     )
     codes = modality_set_codes(torch.from_numpy(raw["modality_mask"])).numpy()
     assert counts == {modality_set_name(c): 3 * int((codes == c).sum()) for c in np.unique(codes) if c > 0}

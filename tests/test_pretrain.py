@@ -33,6 +33,8 @@ def test_tiny_pretraining_saves_a_loadable_model_processor_card_and_logs(tmp_pat
     summary = json.loads((pretrained / "training_summary.json").read_text())
     assert summary["updates"] == 3 and summary["num_processes"] == 1
     assert summary["added_characters"] > 0  # MiniLM lacks the sample's Chinese characters
+    fitted = dict(zip(MODALITIES, model.modality_weights.weights.tolist(), strict=True))
+    assert summary["modality_weights"] == {name: round(weight, 4) for name, weight in fitted.items()}
     assert "# SCALE (pretraining)" in (pretrained / "README.md").read_text()
 
     events = [

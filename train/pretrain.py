@@ -34,7 +34,7 @@ from train.components import (
     parse_overrides,
 )
 from train.data import IndexedDataset, ScaleBatchCollator, check_modalities, only_columns_of
-from train.modality_set_calibration import calibrate_modality_sets
+from train.modality_set_calibration import calibrate_modality_sets, modality_weight_names
 from train.model_card import portable_reference, write_model_card
 from train.publish import add_hub_arguments, push_training_output
 from train.training_loop import add_training_arguments, make_accelerator, train
@@ -96,8 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--calibration_products",
         type=int,
         default=8192,
-        help="products whose embeddings (all modalities and random subsets) fit the per-modality-set "
-        "standardisation of product_embeds after training (train/modality_set_calibration.py); 0 skips it",
+        help="products whose embeddings (all modalities and random subsets) fit the modality weights and the "
+        "per-modality-set standardisation of product_embeds after training "
+        "(train/modality_set_calibration.py); 0 skips both",
     )
     add_training_arguments(parser)
     add_hub_arguments(parser)
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> None:
             accelerator=accelerator,
             show_progress=accelerator.is_local_main_process,
         )
+        accelerator.print(f"modality weights {modality_weight_names(unwrapped)}")
         accelerator.print(f"modality-set statistics from {sum(modality_sets.values())} embeddings")
     unwrapped.save_pretrained(
         args.output_dir,
@@ -251,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
             "learning_rate": args.learning_rate,
             "input_failures": state.extra["input_failures"],
             "modality_set_calibration": modality_sets,
+            "modality_weights": modality_weight_names(unwrapped),
         }
         with open(os.path.join(args.output_dir, "training_summary.json"), "w") as handle:
             json.dump(summary, handle, indent=1)
