@@ -240,11 +240,14 @@ MAX_TEXT_LENGTH = 17
 
 
 class FakeModel:
-    """What evaluate() reads of a model: its config's text length and, fine-tuned, its classifier."""
+    """What evaluate() reads of a model: its config's text length, its modality weights and, fine-tuned, its
+    classifier."""
 
     def __init__(self, fine_tuned: bool):
         self.fine_tuned = fine_tuned
         self.config = Namespace(max_text_length=MAX_TEXT_LENGTH)
+        weights = torch.tensor([1.5, 1.0, 0.5, 1.0, 1.0])
+        self.base_model = Namespace(modality_weights=Namespace(weights=weights))
         self.classifier = torch.nn.Linear(DIM, 2, bias=False)
         with torch.no_grad():  # class 0 along axis 5, class 1 along axis 7
             self.classifier.weight.copy_(torch.from_numpy(np.stack([e((5, 1)), e((7, 1))])))
@@ -330,6 +333,8 @@ def test_evaluate_scores_each_model_and_combination_from_its_own_embeddings(eval
     ]
     assert loaded == [(str(pretrained), "base", "cpu"), (str(finetuned), "classification", "cpu")]
     assert results["combinations"] == [["text"], ["image"]]
+    weights = {"text": 1.5, "table": 1.0, "image": 0.5, "video": 1.0, "audio": 1.0}
+    assert results["modality_weights"] == weights
     assert results["split_sizes"] == {f"{c}/{s}": len(ids) for (c, s), ids in SPLITS.items()}
     coarse = {
         (features, name): row["coarse"]["mAP@1"]
@@ -401,6 +406,7 @@ def test_evaluate_adds_baselines_cross_subset_rows_and_the_mean_s(evaluation_run
     assert f"results in {output}/results.{{json,md}} ({results['seconds']} s)" in printed
     assert "| frozen text encoder (T) | 100.00 |" in markdown
     assert "| pretrained | I | 100.00 |" in markdown
+    assert "`product_embeds` (fitted, no labels): text 1.50, table 1.00, image 0.50, video 1.00" in markdown
     assert markdown in (pretrained / "README.md").read_text()
     assert markdown in (finetuned / "README.md").read_text()
 

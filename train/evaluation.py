@@ -48,6 +48,7 @@ from train.metrics import (
     ranked_gallery,
     retrieval_metrics,
 )
+from train.modality_set_calibration import modality_weight_names
 from train.model_card import write_model_card
 
 if TYPE_CHECKING:
@@ -380,6 +381,9 @@ def format_tables(results: dict) -> str:
             f"{_cell(row['linear_probe_accuracy'])} | {_cell(row['clustering']['NMI'])} | "
             f"{_cell(row['clustering']['Purity'])} |"
         )
+    if results.get("modality_weights"):
+        weights = ", ".join(f"{name} {value:.2f}" for name, value in results["modality_weights"].items())
+        lines += ["", f"Modality weights in the pretrained `product_embeds` (fitted, no labels): {weights}"]
     if results.get("baselines"):
         lines += ["", *baseline_table(results)]
     if results.get("cross_subset"):
@@ -577,6 +581,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     }
 
     model, processor = load_model(args.model_dir, "base", args.device)
+    results["modality_weights"] = modality_weight_names(model)
     by_modalities = {}
     for combination in combinations:
         name = combination_name(combination)
