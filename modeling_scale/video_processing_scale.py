@@ -50,6 +50,10 @@ class ScaleVideoProcessor:
         all_frames = [frame for frames in videos for frame in frames]
         pixels = self.image_processor(all_frames, return_tensors="np")["pixel_values"]
         length = self.max_frames if padding == "max_length" else max(lengths)
+        if all(count == length for count in lengths):  # nothing to pad: a view, no copy
+            batch = pixels.reshape(len(videos), length, *pixels.shape[1:])
+            mask = np.ones((len(videos), length), dtype=np.int64)
+            return BatchFeature({"video_pixel_values": batch, "video_mask": mask}, tensor_type=return_tensors)
         batch = np.zeros((len(videos), length, *pixels.shape[1:]), dtype=pixels.dtype)
         mask = np.zeros((len(videos), length), dtype=np.int64)
         start = 0
