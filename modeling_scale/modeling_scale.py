@@ -672,53 +672,103 @@ def modality_set_codes(modality_mask: torch.Tensor) -> torch.Tensor:
     return (modality_mask.long() * bits).sum(dim=-1)
 
 
-class ScaleModalitySetNorm(nn.Module):
-    """Standardises `product_embeds` with the mean and standard deviation of the modality set they were fused
-    from (one row per set: `modality_set_codes`).
+def _psd_power(matrices: torch.Tensor, power: float) -> torch.Tensor:
+    """`matrices` (..., H, H), symmetric positive semi-definite, to the `power` (by their eigenvalues)."""
+    values, vectors = torch.linalg.eigh(matrices)
+    return (vectors * values.clamp(min=0)[..., None, :] ** power) @ vectors.transpose(-1, -2)
 
-    The same product fused from different modality sets lands in regions that differ by a per-set offset and
-    spread, so a caption-only query finds the caption-only listings first, whatever they sell (the "modality
-    gap" of contrastive models). As with BatchNorm's running statistics, the rows are buffers fitted on the
-    model's own embeddings after training (`fit`; `train/modality_set_calibration.py`), not parameters;
-    until then (mean 0, std 1) the map is the identity."""
+
+class ScaleModalitySetNorm(nn.Module):
+    """Maps `product_embeds` fused from each modality set (one row per set: `modality_set_codes`) onto the
+    distribution of the reference listings, products fused from all they have.
+
+    The same product fused from different modality sets lands in regions that differ by a per-set offset,
+    spread and shape, so a caption-only query finds the caption-only listings first, whatever they sell (the
+    "modality gap" of contrastive models). Each set's embeddings are centred and scaled by the set's mean and
+    standard deviation (`mean`, `std`), then moved by `transport`: with the covariances C of the set and R
+    of the reference, the optimal-transport (Monge) map between the two Gaussians,
+    C^-1/2 (C^1/2 R C^1/2)^1/2 C^-1/2, the linear map that gives the set the reference's covariance while
+    moving its embeddings least, expressed between the standardised spaces. As with BatchNorm's running
+    statistics, the rows are buffers fitted on the model's own embeddings after training (`fit`;
+    `train/modality_set_calibration.py`), not parameters; until then (mean 0, std 1, identity transport) the
+    map is the identity."""
 
     def __init__(self, config: ScaleConfig):
         super().__init__()
         num_sets = 2 ** len(MODALITIES)
         self.register_buffer("mean", torch.zeros(num_sets, config.hidden_size))
         self.register_buffer("std", torch.ones(num_sets, config.hidden_size))
+        self.register_buffer("transport", torch.eye(config.hidden_size).repeat(num_sets, 1, 1))
 
     def forward(self, product_embeds: torch.Tensor, modality_mask: torch.Tensor) -> torch.Tensor:
         codes = modality_set_codes(modality_mask)
-        mean, std = self.mean[codes].to(product_embeds.dtype), self.std[codes].to(product_embeds.dtype)
-        return (product_embeds - mean) / std
+        dtype = product_embeds.dtype
+        standardised = (product_embeds - self.mean[codes].to(dtype)) / self.std[codes].to(dtype)
+        # every set's map on every row, then each row's own: 32 small matmuls instead of gathering a
+        # (B, H, H) stack of maps
+        moved = torch.einsum("bh,shk->sbk", standardised, self.transport.to(dtype))
+        return moved[codes, torch.arange(len(codes), device=codes.device)]
 
     @torch.no_grad()
     def reset(self) -> None:
         """Back to the identity (the raw fused embeddings), e.g. before fitting again."""
         self.mean.zero_()
         self.std.fill_(1.0)
+        self.transport.copy_(torch.eye(self.transport.shape[-1]).expand_as(self.transport))
 
     @torch.no_grad()
     def fit(
-        self, counts: torch.Tensor, sums: torch.Tensor, squares: torch.Tensor, prior_count: float = 16.0
+        self,
+        counts: torch.Tensor,
+        sums: torch.Tensor,
+        products: torch.Tensor,
+        reference: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        prior_count: float = 16.0,
+        ridge: float = 0.3,
     ) -> None:
-        """Set each set's statistics from the (num_sets,) counts, (num_sets, H) sums and sums of squares of
-        raw `product_embeds` (the identity map's outputs). A set seen n times gets its own mean and variance
-        with weight n / (n + prior_count) and the pooled ones (all sets together) with the rest, so a rare
-        set is not standardised by a handful of samples and a set never seen gets the pooled statistics."""
-        counts, sums, squares = counts.double(), sums.double(), squares.double()
+        """Fit every row from statistics of raw `product_embeds` (the identity map's outputs).
+
+        Args:
+            counts, sums, products: per set, the (num_sets,) counts, (num_sets, H) sums and (num_sets, H, H)
+                sums of outer products x x^T. A set seen n times gets its own mean and second moments with
+                weight n / (n + prior_count) and the pooled ones (all sets together) with the rest, so a
+                rare set is not mapped by a handful of samples and a set never seen gets the pooled ones.
+            reference: the reference views' (num_sets,) counts and (num_sets, H) sums by set and their
+                (H, H) sum of outer products; their covariance around their own sets' means is the one every
+                set is moved to. None: no transport (each set standardised only).
+            ridge: added to both covariances, times the reference's mean variance, before the map (the
+                covariance of a set seen a few hundred times in hundreds of dimensions is noisy).
+        """
+        counts, sums, products = counts.double(), sums.double(), products.double()
         total = counts.sum()
         if total == 0:
             raise ValueError("no embeddings to fit the modality-set statistics on")
-        pooled_mean, pooled_square = sums.sum(0) / total, squares.sum(0) / total
-        weight = (counts / (counts + prior_count))[:, None]
-        seen = counts.clamp(min=1)[:, None]
-        mean = weight * sums / seen + (1 - weight) * pooled_mean
-        square = weight * squares / seen + (1 - weight) * pooled_square
-        variance = (square - mean**2).clamp(min=0)
+        weight = torch.where(counts > 0, counts / (counts + prior_count), 0.0)  # unseen: pooled, even at 0
+        seen = counts.clamp(min=1)
+        mean = weight[:, None] * sums / seen[:, None] + (1 - weight[:, None]) * sums.sum(0) / total
+        second = weight[:, None, None] * products / seen[:, None, None]
+        second = second + (1 - weight[:, None, None]) * products.sum(0) / total
+        covariance = second - mean[:, :, None] * mean[:, None, :]
+        std = covariance.diagonal(dim1=-2, dim2=-1).clamp(min=0).sqrt().clamp(min=1e-6)
         self.mean.copy_(mean)
-        self.std.copy_(variance.sqrt().clamp(min=1e-6))
+        self.std.copy_(std)
+        eye = torch.eye(mean.shape[1], dtype=torch.float64, device=mean.device)
+        if reference is None:
+            self.transport.copy_(eye.expand_as(self.transport))
+            return
+        reference_counts, reference_sums, reference_products = (t.double() for t in reference)
+        if reference_counts.sum() == 0:
+            raise ValueError("no reference embeddings to fit the modality-set transport on")
+        # sum over the reference views of (x - mean of its set)(x - mean of its set)^T
+        cross = reference_sums.T @ mean
+        target = reference_products - cross - cross.T + (mean.T * reference_counts) @ mean
+        target = target / reference_counts.sum()
+        shift = ridge * target.diagonal().mean() * eye
+        source = covariance + shift
+        root, inverse_root = _psd_power(source, 0.5), _psd_power(source, -0.5)
+        monge = inverse_root @ _psd_power(root @ (target + shift) @ root, 0.5) @ inverse_root
+        target_std = target.diagonal().clamp(min=0).sqrt().clamp(min=1e-6)
+        self.transport.copy_(std[:, :, None] * monge / target_std)
 
 
 class ScaleModalityWeights(nn.Module):
@@ -809,8 +859,9 @@ class ScaleModelOutput(ModelOutput):
         tokens that are masked out (padding, missing modalities).
     product_embeds (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
         Fused product embedding: the mean over the present modalities of each modality's mean post-JCT token,
-        weighted by `ScaleModalityWeights` (even until fitted), plus `product_projection` of it, standardised
-        by the statistics of its modality set (`ScaleModalitySetNorm`; the identity until they are fitted).
+        weighted by `ScaleModalityWeights` (even until fitted), plus `product_projection` of it, mapped
+        from its modality set's distribution onto the full listings' (`ScaleModalitySetNorm`; the identity
+        until fitted).
     text_embeds, table_embeds, image_embeds, video_embeds, audio_embeds (`(batch_size, projection_dim)`):
         Contrastive features of each modality (mean of its encoder's tokens before the JCT -> projection
         head), not normalised; zero where the sample lacks the modality.
@@ -1000,6 +1051,7 @@ class ScalePreTrainedModel(PreTrainedModel):
         elif isinstance(module, ScaleModalitySetNorm):  # the identity until fitted
             init.zeros_(module.mean)
             init.ones_(module.std)
+            init.copy_(module.transport, torch.eye(module.transport.shape[-1]).expand_as(module.transport))
         elif isinstance(module, ScaleAlignmentReference):  # unfitted: S read against the batch
             init.zeros_(module.mean)
             init.ones_(module.std)
@@ -1076,7 +1128,11 @@ class ScaleModel(ScalePreTrainedModel):
 
     # checkpoints saved before the alignment reference existed load it unfitted (S read against the batch)
     # and before the modality weights existed, with the plain mean over modalities
-    _keys_to_ignore_on_load_missing = [r"alignment_reference\.", r"modality_weights\."]
+    _keys_to_ignore_on_load_missing = [
+        r"alignment_reference\.",
+        r"modality_weights\.",
+        r"modality_set_norm\.transport",
+    ]
 
     def __init__(self, config: ScaleConfig):
         super().__init__(config)
@@ -1127,7 +1183,7 @@ class ScaleModel(ScalePreTrainedModel):
 
         `product_embeds` is the mean over the modalities a sample keeps of their mean post-JCT token, each
         weighted by `modality_weights` however many tokens it has (the others are not counted), plus
-        `product_projection` of that mean, standardised for the set of modalities kept."""
+        `product_projection` of that mean, mapped by `modality_set_norm` for the set of modalities kept."""
         fusion_mask = torch.cat([token_keep[name] for name in spans], dim=1)
         fused = self.fusion_encoder(fusion_inputs, fusion_mask)
         fused = torch.where(fusion_mask[..., None], fused, 0.0)

@@ -1,6 +1,7 @@
-"""Per-modality-set standardisation of `product_embeds`: the statistics `fit` computes, that every view of a
-product is standardised by the set it was fused from, that it takes a modality-set offset out of cross-set
-search, and the calibration that fits it on the model's own embeddings."""
+"""Per-modality-set standardisation and transport of `product_embeds`: the statistics `fit` computes, that
+the transport gives every set the reference's covariance, that every view of a product is mapped by the set
+it was fused from, that it takes a modality-set offset and distortion out of cross-set search, and the
+calibration that fits it on the model's own embeddings."""
 
 import numpy as np
 import pytest
@@ -19,10 +20,18 @@ TEXT_TABLE_IMAGE = 7
 
 
 def sums_of(embeds: dict[int, np.ndarray], num_sets: int, hidden: int):
-    counts, sums, squares = np.zeros(num_sets), np.zeros((num_sets, hidden)), np.zeros((num_sets, hidden))
+    """Counts, sums and sums of outer products by set, as `modality_set_sums` adds them up."""
+    counts, sums = np.zeros(num_sets), np.zeros((num_sets, hidden))
+    products = np.zeros((num_sets, hidden, hidden))
     for code, x in embeds.items():
-        counts[code], sums[code], squares[code] = len(x), x.sum(0), (x**2).sum(0)
-    return [torch.from_numpy(a) for a in (counts, sums, squares)]
+        counts[code], sums[code], products[code] = len(x), x.sum(0), x.T @ x
+    return [torch.from_numpy(a) for a in (counts, sums, products)]
+
+
+def reference_of(embeds: dict[int, np.ndarray], num_sets: int, hidden: int):
+    """The reference statistics of `embeds` (set -> full views): counts and sums by set, one outer sum."""
+    counts, sums, products = sums_of(embeds, num_sets, hidden)
+    return counts, sums, products.sum(0)
 
 
 def test_modality_set_codes_and_names():
@@ -67,11 +76,44 @@ def test_fit_gives_each_set_its_statistics_shrunk_toward_the_pooled_ones():
     np.testing.assert_allclose(standardised.mean(0).numpy(), 0.0, atol=1e-5)
     np.testing.assert_allclose(standardised.std(0, unbiased=False).numpy(), 1.0, atol=1e-5)
 
+    torch.testing.assert_close(norm.transport, torch.eye(hidden).expand(32, -1, -1))  # no reference given
+
     norm.reset()
     x = torch.randn(3, hidden)
     torch.testing.assert_close(norm(x, torch.ones(3, 5)), x)
     with pytest.raises(ValueError, match="no embeddings"):
-        norm.fit(torch.zeros(32), torch.zeros(32, hidden), torch.zeros(32, hidden))
+        norm.fit(torch.zeros(32), torch.zeros(32, hidden), torch.zeros(32, hidden, hidden))
+
+
+def test_transport_gives_every_set_the_reference_covariance_with_the_least_movement():
+    """Without ridge or shrinkage, each set's mapped embeddings have mean 0 and the reference's covariance
+    (standardised: its correlation matrix); a set already shaped as the reference is only standardised;
+    the map in the raw space is symmetric positive definite (the Monge map, no rotation)."""
+    rng = np.random.default_rng(0)
+    hidden = 6
+    mixing = rng.normal(size=(hidden, hidden))
+    reference = rng.normal(size=(4000, hidden)) @ np.diag([3.0, 2.0, 1.0, 0.7, 0.5, 0.2]) @ mixing + 1.0
+    distorted = rng.normal(size=(3000, hidden)) @ rng.normal(size=(hidden, hidden)) - 2.0
+    embeds = {31: reference, TEXT: distorted}
+    norm = ScaleModalitySetNorm(tiny_config(hidden_size=hidden))
+    norm.fit(*sums_of(embeds, 32, hidden), reference_of({31: reference}, 32, hidden), prior_count=0, ridge=0)
+
+    target = np.cov(reference.T, bias=True)
+    correlation = target / np.sqrt(np.outer(np.diag(target), np.diag(target)))
+    for code, x in embeds.items():
+        mask = torch.tensor([[int(code >> bit & 1) for bit in range(5)]]).expand(len(x), -1)
+        mapped = norm(torch.from_numpy(x).float(), mask).double().numpy()
+        np.testing.assert_allclose(mapped.mean(0), 0.0, atol=1e-4)
+        np.testing.assert_allclose(np.cov(mapped.T, bias=True), correlation, atol=1e-4)
+    standardise_only = norm.transport[31].double() * norm.std[31] / norm.std[31][:, None]
+    torch.testing.assert_close(standardise_only, torch.eye(hidden, dtype=torch.float64), atol=1e-4, rtol=0)
+    # the reference is set 31 itself here, so its standard deviations are the mapped space's scale
+    raw_map = norm.transport[TEXT].double() * norm.std[31] / norm.std[TEXT][:, None]
+    torch.testing.assert_close(raw_map, raw_map.T, atol=1e-4, rtol=1e-4)
+    assert torch.linalg.eigvalsh(raw_map).min() > 0
+
+    with pytest.raises(ValueError, match="no reference"):
+        norm.fit(*sums_of(embeds, 32, hidden), (torch.zeros(32), torch.zeros(32, hidden), torch.eye(hidden)))
 
 
 def test_standardising_by_set_takes_the_set_offset_out_of_cross_set_search():
@@ -109,6 +151,42 @@ def test_standardising_by_set_takes_the_set_offset_out_of_cross_set_search():
     assert raw < 0.1 and standardised > 0.9, (raw, standardised)
 
 
+def test_transport_takes_a_set_distortion_out_of_cross_set_search():
+    """Caption-only embeddings stretched along two directions that no axis lines up with (plus an offset):
+    standardising each set by axis leaves most caption-only queries nearest the caption-only listings;
+    the transport, fitted on other products, maps them back onto the full listings' shape."""
+    rng = np.random.default_rng(0)
+    hidden, num_products = 16, 400
+    content = rng.normal(size=(num_products, hidden))
+    directions, _ = np.linalg.qr(rng.normal(size=(hidden, 2)))
+    stretch = np.eye(hidden) + 6.0 * directions @ directions.T
+
+    def noisy(rows: np.ndarray) -> np.ndarray:
+        return content[rows] + rng.normal(scale=0.1, size=(len(rows), hidden))
+
+    products = np.arange(num_products)
+    everything, captions = noisy(products) + 2.0, noisy(products) @ stretch - 1.0
+    held_out = {31: everything[200:], TEXT: captions[200:]}  # the products the statistics are fitted on
+    gallery = torch.from_numpy(np.concatenate([everything[:100], captions[100:200]])).float()
+    gallery_sets = torch.tensor([[1] * 5] * 100 + [[1, 0, 0, 0, 0]] * 100)
+    queries, query_sets = torch.from_numpy(captions[:100]).float(), torch.tensor([[1, 0, 0, 0, 0]] * 100)
+
+    def own_product_top1(norm: ScaleModalitySetNorm) -> float:
+        query, items = (
+            torch.nn.functional.normalize(norm(x, sets), dim=-1)
+            for x, sets in ((queries, query_sets), (gallery, gallery_sets))
+        )
+        return ((query @ items.T).argmax(-1) == torch.arange(100)).float().mean().item()
+
+    standardised, transported = (ScaleModalitySetNorm(tiny_config(hidden_size=hidden)) for _ in range(2))
+    standardised.fit(*sums_of(held_out, 32, hidden), prior_count=0)
+    transported.fit(
+        *sums_of(held_out, 32, hidden), reference_of({31: held_out[31]}, 32, hidden), prior_count=0
+    )
+    with torch.no_grad():
+        assert own_product_top1(standardised) < 0.5 and own_product_top1(transported) > 0.9
+
+
 def test_every_view_is_standardised_by_the_set_it_was_fused_from():
     torch.manual_seed(0)
     model = ScaleModel(tiny_config()).eval()
@@ -128,10 +206,13 @@ def test_every_view_is_standardised_by_the_set_it_was_fused_from():
         torch.testing.assert_close(sets[:, 1:], subsets.bool() & present[:, None])
         model.modality_set_norm.mean.normal_()
         model.modality_set_norm.std.uniform_(0.5, 2.0)
+        model.modality_set_norm.transport.normal_()
         fitted, _ = model.get_subset_product_embeddings(subsets, **inputs)
         norm = model.modality_set_norm
         codes = modality_set_codes(sets)
-        torch.testing.assert_close(fitted, (raw - norm.mean[codes]) / norm.std[codes], atol=1e-5, rtol=1e-4)
+        standardised = (raw - norm.mean[codes]) / norm.std[codes]
+        expected = (standardised[..., None, :] @ norm.transport[codes]).squeeze(-2)
+        torch.testing.assert_close(fitted, expected, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(model(**inputs).product_embeds, fitted[:, 0], atol=1e-5, rtol=1e-4)
         for view in range(subsets.shape[1]):
             alone = model(**{**inputs, "modality_mask": subsets[:, view]}).product_embeds
@@ -156,6 +237,7 @@ def test_calibration_fits_the_models_own_embeddings_of_each_set(tmp_path_factory
         num_views=2,
         keep_probability=1.0,
         prior_count=0.0,
+        transport=False,  # standardisation alone: exact moments (the transport: the tests above)
         batch_size=16,
     )
     codes = modality_set_codes(torch.from_numpy(raw["modality_mask"])).numpy()

@@ -1,6 +1,5 @@
-"""Fit SCALE's modality weights (`ScaleModalityWeights`), per-modality-set standardisation
-(`ScaleModalitySetNorm`) and SIMCL's alignment reference (`ScaleAlignmentReference`) on the model's own
-embeddings, without labels.
+"""Fit SCALE's modality weights (`ScaleModalityWeights`), per-modality-set map (`ScaleModalitySetNorm`)
+and SIMCL's alignment reference (`ScaleAlignmentReference`) on the model's own embeddings, without labels.
 
 `train/pretrain.py` runs it after training. For a checkpoint trained before it existed:
 
@@ -15,8 +14,10 @@ statistics are those of the weighted embeddings, so they come second: with the n
 each product of the pretraining split (up to `max_products`, a seeded random choice) is fused from all its
 modalities and from `num_views` random subsets of them (each modality kept with probability
 `keep_probability`, at least one, as the subset-consistency loss draws them); the counts, sums and sums of
-squares of the raw embeddings per modality set are summed over every process and `ScaleModalitySetNorm.fit`
-turns them into each set's mean and standard deviation. Products without any readable modality are left out.
+outer products of the raw embeddings per modality set, and of the full views alone (the reference: products
+as a gallery holds them), are summed over every process and `ScaleModalitySetNorm.fit` turns them into each
+set's mean, standard deviation and transport onto the reference's covariance. Products without any readable
+modality are left out.
 In the same pass, the cosines between one product's modality i and the other products' modality j in each
 batch give each pair's mean and standard deviation across products (`ScaleAlignmentReference.fit`): the
 reference a model in eval mode reads its relative S against. All three are reset first.
@@ -119,14 +120,18 @@ def modality_set_sums(
     generator: torch.Generator,
     device: torch.device,
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """Over the collated `batches`: (num_sets,) counts, (num_sets, H) sums and sums of squares (float64) of
-    `model`'s `product_embeds`, each product fused from all its modalities and `num_views` subsets; and the
-    (5, 5) counts, sums and sums of squares of the cross-product cosines of its modality features."""
+    """Over the collated `batches`, the statistics `ScaleModalitySetNorm.fit` reads (float64): per modality
+    set, the (num_sets,) counts, (num_sets, H) sums and (num_sets, H, H) sums of outer products of `model`'s
+    `product_embeds`, each product fused from all its modalities and `num_views` subsets; then the same
+    counts and sums by set and the (H, H) sum of outer products of the full views alone (the reference);
+    and the (5, 5) counts, sums and sums of squares of the cross-product cosines of its modality features."""
     base = model.base_model
     num_sets, hidden = base.modality_set_norm.mean.shape
     counts = torch.zeros(num_sets, dtype=torch.float64, device=device)
     sums = torch.zeros(num_sets, hidden, dtype=torch.float64, device=device)
-    squares = torch.zeros_like(sums)
+    products = torch.zeros(num_sets, hidden, hidden, dtype=torch.float64, device=device)
+    reference_counts, reference_sums = torch.zeros_like(counts), torch.zeros_like(sums)
+    reference_products = torch.zeros(hidden, hidden, dtype=torch.float64, device=device)
     pairs = [
         torch.zeros(len(MODALITIES), len(MODALITIES), dtype=torch.float64, device=device) for _ in range(3)
     ]
@@ -139,13 +144,22 @@ def modality_set_sums(
             embeds, sets = base._product_views(encoding, subsets.to(device))
         batch_pairs = cross_product_cosine_sums(encoding.modality_embeds, encoding.modality_mask)
         pairs = [total + new for total, new in zip(pairs, batch_pairs, strict=True)]
+        full, full_codes = embeds[:, 0].double(), modality_set_codes(sets[:, 0])
+        full = full[full_codes > 0]
+        full_codes = full_codes[full_codes > 0]
+        reference_counts.index_add_(0, full_codes, torch.ones_like(full_codes, dtype=torch.float64))
+        reference_sums.index_add_(0, full_codes, full)
+        reference_products += full.T @ full
         embeds, codes = embeds.flatten(0, 1).double(), modality_set_codes(sets.flatten(0, 1))
         has_any = codes > 0
         embeds, codes = embeds[has_any], codes[has_any]
         counts.index_add_(0, codes, torch.ones_like(codes, dtype=torch.float64))
         sums.index_add_(0, codes, embeds)
-        squares.index_add_(0, codes, embeds**2)
-    return (counts, sums, squares), tuple(pairs)
+        for code in codes.unique().tolist():
+            members = embeds[codes == code]
+            products[code] += members.T @ members
+    statistics = (counts, sums, products, reference_counts, reference_sums, reference_products)
+    return statistics, tuple(pairs)
 
 
 def calibrate_modality_sets(
@@ -160,6 +174,7 @@ def calibrate_modality_sets(
     batch_size: int = 64,
     num_workers: int = 0,
     prior_count: float = 16.0,
+    transport: bool = True,
     seed: int = 0,
     accelerator=None,
     show_progress: bool = True,
@@ -170,6 +185,8 @@ def calibrate_modality_sets(
 
     Args:
         model: a `ScaleModel` or any `ScaleFor*` head model (unwrapped); it is left in the mode it was in.
+        transport: move each set onto the full views' distribution (`ScaleModalitySetNorm`); False only
+            standardises each set.
         accelerator: when given, each process embeds its share of the products on its device and the sums
             are added over processes; otherwise one process on `default_device()`.
 
@@ -201,8 +218,10 @@ def calibrate_modality_sets(
     sets, pairs = modality_set_sums(model, progress, num_views, keep_probability, generator, device)
     if accelerator is not None and world > 1:
         sets, pairs = ([accelerator.reduce(t, reduction="sum") for t in group] for group in (sets, pairs))
-    counts, sums, squares = sets
-    base.modality_set_norm.fit(counts, sums, squares, prior_count=prior_count)
+    counts, sums, products, *reference = sets
+    base.modality_set_norm.fit(
+        counts, sums, products, reference if transport else None, prior_count=prior_count
+    )
     base.alignment_reference.fit(*pairs)
     base.train(was_training)
     return {modality_set_name(code): int(n) for code, n in enumerate(counts.tolist()) if n > 0}
@@ -219,6 +238,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num_views", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument(
+        "--no_transport", action="store_true", help="only standardise each modality set (no transport map)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -242,6 +264,7 @@ def main(argv: list[str] | None = None) -> None:
         num_views=args.num_views,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
+        transport=not args.no_transport,
         seed=args.seed,
     )
     model.save_pretrained(args.model_dir)

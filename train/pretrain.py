@@ -7,9 +7,10 @@
 The text encoder (and the tokenizer) come from a BERT checkpoint (`--text_encoder`, default: the offline
 MiniLM-L6); every other part starts from scratch, as in the paper. Checkpoints (`accelerator.save_state`) go
 to OUTPUT_DIR/checkpoints/step_N; `--resume_from_checkpoint latest` continues exactly where a run stopped.
-After training, the per-modality-set standardisation of `product_embeds` is fitted on the model's own
-embeddings (`train/modality_set_calibration.py`, `--calibration_products`). The final model and processor
-are saved with `save_pretrained` in OUTPUT_DIR (loadable with `AutoModel.from_pretrained`), with a model card.
+After training, the modality weights and the per-modality-set map of `product_embeds` are fitted on the
+model's own embeddings (`train/modality_set_calibration.py`, `--calibration_products`). The final model and
+processor are saved with `save_pretrained` in OUTPUT_DIR (loadable with `AutoModel.from_pretrained`), with a
+model card.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=8192,
         help="products whose embeddings (all modalities and random subsets) fit the modality weights and the "
-        "per-modality-set standardisation of product_embeds after training "
+        "per-modality-set map of product_embeds after training "
         "(train/modality_set_calibration.py); 0 skips both",
     )
     add_training_arguments(parser)
