@@ -53,14 +53,14 @@ class ScaleVideoProcessor:
         if all(count == length for count in lengths):  # nothing to pad: a view, no copy
             batch = pixels.reshape(len(videos), length, *pixels.shape[1:])
             mask = np.ones((len(videos), length), dtype=np.int64)
-            return BatchFeature({"video_pixel_values": batch, "video_mask": mask}, tensor_type=return_tensors)
-        batch = np.zeros((len(videos), length, *pixels.shape[1:]), dtype=pixels.dtype)
-        mask = np.zeros((len(videos), length), dtype=np.int64)
-        start = 0
-        for row, count in enumerate(lengths):
-            batch[row, :count] = pixels[start : start + count]
-            mask[row, :count] = 1
-            start += count
+        else:
+            batch = np.zeros((len(videos), length, *pixels.shape[1:]), dtype=pixels.dtype)
+            mask = np.zeros((len(videos), length), dtype=np.int64)
+            start = 0
+            for row, count in enumerate(lengths):
+                batch[row, :count] = pixels[start : start + count]
+                mask[row, :count] = 1
+                start += count
         return BatchFeature({"video_pixel_values": batch, "video_mask": mask}, tensor_type=return_tensors)
 
 
