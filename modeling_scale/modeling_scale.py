@@ -955,6 +955,8 @@ class _ScaleEncoding:
     modality_embeds: torch.Tensor
     modality_mask: torch.Tensor
     alignment: torch.Tensor
+    pooled_states: torch.Tensor
+    pooled_kept: torch.Tensor
     product_embeds: torch.Tensor
 
     def model_output(self) -> ScaleModelOutput:
@@ -1173,55 +1175,80 @@ class ScaleModel(ScalePreTrainedModel):
         """Run one modality encoder on the kept tokens (a sample lacking the modality keeps none)."""
         return self.encoders[name](torch.where(keep[..., None], tokens, 0.0), keep)
 
-    def _fuse(
+    def _fuse_modalities(
         self,
         fusion_inputs: torch.Tensor,
         token_keep: dict[str, torch.Tensor],
         spans: dict[str, tuple[int, int]],
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The JCT over the kept tokens: (fused states zeroed where not kept, fusion mask, product_embeds).
-
-        `product_embeds` is the mean over the modalities a sample keeps of their mean post-JCT token, each
-        weighted by `modality_weights` however many tokens it has (the others are not counted), plus
-        `product_projection` of that mean, mapped by `modality_set_norm` for the set of modalities kept."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The JCT over the kept tokens: fused states zeroed where not kept, the fusion mask, each modality's
+        mean post-JCT token (B, 5, H; 0 for those not given) and whether the sample kept it (B, 5)."""
         fusion_mask = torch.cat([token_keep[name] for name in spans], dim=1)
         fused = self.fusion_encoder(fusion_inputs, fusion_mask)
         fused = torch.where(fusion_mask[..., None], fused, 0.0)
-        pooled = torch.stack(
-            [_token_mean(fused[:, first:last], token_keep[name]) for name, (first, last) in spans.items()],
-            dim=1,
+        pooled = {
+            name: _token_mean(fused[:, first:last], token_keep[name]) for name, (first, last) in spans.items()
+        }
+        absent = torch.zeros_like(next(iter(pooled.values())))
+        pooled = torch.stack([pooled.get(name, absent) for name in MODALITIES], dim=1)
+        kept = torch.zeros(fused.shape[0], len(MODALITIES), dtype=torch.bool, device=fused.device)
+        kept[:, [MODALITIES.index(name) for name in spans]] = torch.stack(
+            [token_keep[name].any(dim=-1) for name in spans], dim=1
         )
-        kept = torch.stack([token_keep[name].any(dim=-1) for name in spans], dim=1)
-        columns = [MODALITIES.index(name) for name in spans]
-        weights = torch.where(kept, self.modality_weights.weights[columns].to(pooled.dtype), 0.0)
+        return fused, fusion_mask, pooled, kept
+
+    def _product_embeds(self, pooled: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        """`product_embeds` from each modality's pooled JCT state (N, 5, H) and whether it was kept (N, 5):
+        the mean over the kept modalities, each weighted by `modality_weights` however many tokens it has,
+        plus `product_projection` of that mean, mapped by `modality_set_norm` for the set of modalities kept.
+        Apart from the JCT, so the weights and the map can be fitted on pooled states computed once."""
+        weights = torch.where(kept, self.modality_weights.weights.to(pooled.dtype), 0.0)
         # a sample whose kept modalities all weigh 0 falls back to their plain mean
         weights = torch.where(weights.sum(dim=1, keepdim=True) > 0, weights, kept.to(pooled.dtype))
         pooled = (weights[..., None] * pooled).sum(dim=1) / weights.sum(dim=1, keepdim=True).clamp(min=1e-12)
-        kept_set = torch.zeros(kept.shape[0], len(MODALITIES), dtype=torch.bool, device=kept.device)
-        kept_set[:, columns] = kept
-        return fused, fusion_mask, self.modality_set_norm(pooled + self.product_projection(pooled), kept_set)
+        return self.modality_set_norm(pooled + self.product_projection(pooled), kept)
+
+    def _subset_token_keep(self, encoding: _ScaleEncoding, keep_modalities: torch.Tensor) -> dict:
+        """`encoding`'s kept tokens narrowed to the modalities in `keep_modalities` (B, 5)."""
+        return {
+            name: keep & keep_modalities[:, MODALITIES.index(name), None].bool()
+            for name, keep in encoding.token_keep.items()
+        }
 
     def subset_product_embeds(self, encoding: _ScaleEncoding, keep_modalities: torch.Tensor) -> torch.Tensor:
         """`product_embeds` of the same products fused from only the modalities in `keep_modalities` (B, 5).
 
         The modality encoders do not see each other, so their outputs are reused; only the JCT runs again.
         Equal to encoding the subset alone (up to the padding the dropped modalities leave in the batch)."""
-        token_keep = {
-            name: keep & keep_modalities[:, MODALITIES.index(name), None].bool()
-            for name, keep in encoding.token_keep.items()
-        }
-        return self._fuse(encoding.fusion_inputs, token_keep, encoding.spans)[2]
+        token_keep = self._subset_token_keep(encoding, keep_modalities)
+        return self._product_embeds(
+            *self._fuse_modalities(encoding.fusion_inputs, token_keep, encoding.spans)[2:]
+        )
+
+    def _pooled_views(
+        self, encoding: _ScaleEncoding, subset_modality_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Each modality's pooled JCT state (B, V + 1, 5, H) and whether it was kept (B, V + 1, 5) in the full
+        view and in each of the (B, V, 5) subset views, and the modality set each view was fused from
+        (B, V + 1, 5) bool: what `_product_embeds` reads. The JCT runs once per subset view."""
+        views = subset_modality_mask.bool() & encoding.modality_mask[:, None]
+        states = [(encoding.pooled_states, encoding.pooled_kept)] + [
+            self._fuse_modalities(
+                encoding.fusion_inputs, self._subset_token_keep(encoding, views[:, view]), encoding.spans
+            )[2:]
+            for view in range(views.shape[1])
+        ]
+        pooled, kept = (torch.stack(parts, dim=1) for parts in zip(*states, strict=True))
+        return pooled, kept, torch.cat([encoding.modality_mask[:, None], views], dim=1)
 
     def _product_views(
         self, encoding: _ScaleEncoding, subset_modality_mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, V + 1, hidden_size) `product_embeds` of the full view and of the (B, V, 5) subset views, and
         the modality set each was fused from (B, V + 1, 5) bool."""
-        views = subset_modality_mask.bool() & encoding.modality_mask[:, None]
-        embeds = [encoding.product_embeds] + [
-            self.subset_product_embeds(encoding, views[:, view]) for view in range(views.shape[1])
-        ]
-        return torch.stack(embeds, dim=1), torch.cat([encoding.modality_mask[:, None], views], dim=1)
+        pooled, kept, sets = self._pooled_views(encoding, subset_modality_mask)
+        embeds = self._product_embeds(pooled.flatten(0, 1), kept.flatten(0, 1))
+        return embeds.unflatten(0, sets.shape[:2]), sets
 
     def _encode(self, **inputs) -> _ScaleEncoding:
         unknown = sorted(set(inputs) - set(MODEL_INPUT_NAMES))
@@ -1263,7 +1290,7 @@ class ScaleModel(ScalePreTrainedModel):
             start += hidden.shape[1]
 
         fusion_inputs = torch.cat(fusion_tokens, dim=1)
-        fused, fusion_mask, product_embeds = self._fuse(fusion_inputs, token_keep, spans)
+        fused, fusion_mask, pooled, kept = self._fuse_modalities(fusion_inputs, token_keep, spans)
 
         absent = torch.zeros_like(features[given[0]])
         modality_embeds = torch.stack([features.get(name, absent) for name in MODALITIES], dim=1)
@@ -1295,7 +1322,9 @@ class ScaleModel(ScalePreTrainedModel):
             modality_embeds=modality_embeds,
             modality_mask=present,
             alignment=alignment,
-            product_embeds=product_embeds,
+            pooled_states=pooled,
+            pooled_kept=kept,
+            product_embeds=self._product_embeds(pooled, kept),
         )
 
     @can_return_tuple

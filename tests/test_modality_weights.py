@@ -9,8 +9,9 @@ from test_modeling_scale import make_inputs, tiny_config
 from tiny_m5product import converted_tiny_sample, tiny_demo_model_parts
 
 from modeling_scale import MODALITIES, ScaleModel
-from modeling_scale.modeling_scale import ScaleModalityWeights, _token_mean
+from modeling_scale.modeling_scale import ScaleModalityWeights, _token_mean, modality_set_codes
 from train.components import load_split
+from train.embeddings import extract_embeddings
 from train.modality_set_calibration import calibrate_modality_sets, modality_agreement
 
 TEXT, TABLE, IMAGE, VIDEO, AUDIO = range(5)
@@ -175,3 +176,43 @@ def test_calibration_fits_the_weights_saves_them_and_old_checkpoints_load_the_pl
 
     calibrate_modality_sets(model, processor, dataset, batch_size=16, num_views=1, agreement_products=0)
     assert model.modality_weights.weights.tolist() == [1.0] * 5
+
+
+@pytest.mark.slow
+def test_calibration_encodes_each_product_once_and_fits_the_sets_on_the_weighted_embeddings(tmp_path_factory):
+    """The weights and the set statistics come from one pass of the encoders and the JCT, yet the statistics
+    are those of the embeddings fused with the weights just fitted, not with the plain mean."""
+    processor, config = tiny_demo_model_parts()
+    torch.manual_seed(0)
+    model = ScaleModel(config).eval()
+    dataset = load_split(str(converted_tiny_sample(tmp_path_factory)), "pretrain", "train")
+    encoded, encode = [], model._encode
+    model._encode = lambda **inputs: encoded.append(len(inputs["modality_mask"])) or encode(**inputs)
+    calibrate_modality_sets(
+        model,
+        processor,
+        dataset,
+        batch_size=16,
+        num_views=1,
+        keep_probability=1.0,
+        prior_count=0.0,
+        transport=False,
+    )
+    del model._encode
+    assert sum(encoded) == len(dataset)
+
+    fitted_mean = model.modality_set_norm.mean.clone()
+    model.modality_set_norm.reset()
+    weighted = extract_embeddings(
+        model, processor, dataset, batch_size=16, normalize=False, show_progress=False
+    )
+    model.modality_weights.reset()
+    plain = extract_embeddings(model, processor, dataset, batch_size=16, normalize=False, show_progress=False)
+    codes = modality_set_codes(torch.from_numpy(weighted["modality_mask"]))
+    largest = int(codes[codes > 0].bincount().argmax())
+    members = (codes == largest).numpy()
+    assert members.sum() >= 5
+    own = torch.from_numpy(weighted["product_embeds"][members]).double().mean(0)
+    torch.testing.assert_close(fitted_mean[largest].double(), own, atol=1e-5, rtol=1e-4)
+    plain_own = torch.from_numpy(plain["product_embeds"][members]).double().mean(0)
+    assert (own - plain_own).abs().max() > 10 * 1e-4  # the weights move the embeddings: the test can fail

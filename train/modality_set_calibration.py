@@ -5,19 +5,23 @@ and SIMCL's alignment reference (`ScaleAlignmentReference`) on the model's own e
 
     python -m train.modality_set_calibration --model_dir outputs/pretrain --data_dir outputs/m5product
 
-First the weights: for up to `agreement_products` products (a seeded random choice; each process embeds its
-share and the features are gathered), each modality's contrastive features give its cosine similarities
-between products, and each modality pair's agreement is the correlation of the two similarity lists over the
-products having both (`modality_agreement`, a representational similarity analysis);
-`ScaleModalityWeights.fit` weighs each modality by the share of its similarities the others predict. The set
-statistics are those of the weighted embeddings, so they come second: with the norm reset to the identity,
-each product of the pretraining split (up to `max_products`, a seeded random choice) is fused from all its
-modalities and from `num_views` random subsets of them (each modality kept with probability
-`keep_probability`, at least one, as the subset-consistency loss draws them); the counts, sums and sums of
-outer products of the raw embeddings per modality set, and of the full views alone (the reference: products
-as a gallery holds them), are summed over every process and `ScaleModalitySetNorm.fit` turns them into each
-set's mean, standard deviation and transport onto the reference's covariance. Products without any readable
-modality are left out.
+Each product is read and encoded once. A seeded random choice of the pretraining split (each process embeds
+its share) is fused from all its modalities and from `num_views` random subsets of them (each modality kept
+with probability `keep_probability`, at least one, as the subset-consistency loss draws them); the pooled JCT
+states of every view are kept, since the weights and the set map act only after that pooling.
+
+The weights first: for up to `agreement_products` of those products (gathered from every process), each
+modality's contrastive features give its cosine similarities between products, and each modality pair's
+agreement is the correlation of the two similarity lists over the products having both
+(`modality_agreement`, a representational similarity analysis); `ScaleModalityWeights.fit` weighs each
+modality by the share of its similarities the others predict. Then the set statistics, those of the weighted
+embeddings: for up to `max_products`, the kept states are fused with the fitted weights (the norm still the
+identity), and the counts, sums and sums of outer products of the raw embeddings per modality set, and of the
+full views alone (the reference: products as a gallery holds them), are summed over every process;
+`ScaleModalitySetNorm.fit` turns them into each set's mean, standard deviation and transport onto the
+reference's covariance. Products without any readable modality are left out. Kept states take
+(products x (num_views + 1) x 5 x hidden) numbers: 315 MB for 8,192 products at the paper's preset in bf16
+(629 MB in float32).
 In the same pass, the cosines between one product's modality i and the other products' modality j in each
 batch give each pair's mean and standard deviation across products (`ScaleAlignmentReference.fit`): the
 reference a model in eval mode reads its relative S against. All three are reset first.
@@ -84,47 +88,92 @@ def modality_agreement(
 
 
 @torch.no_grad()
-def fit_modality_weights(
-    model: torch.nn.Module, batches, device: torch.device, accelerator=None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit `model`'s `ScaleModalityWeights` on the collated `batches` (their contrastive features and
-    presence, gathered from every process); returns the (5, 5) agreement and measured mask."""
+def encode_calibration_products(
+    model: torch.nn.Module,
+    batches,
+    for_weights: torch.Tensor,
+    for_sets: torch.Tensor,
+    num_views: int,
+    keep_probability: float,
+    generator: torch.Generator,
+    device: torch.device,
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """One pass of the encoders and the JCT over the collated `batches`, whose rows are flagged in order by
+    `for_weights` and `for_sets` (N,) bool. Returns the contrastive features (n, 5, D) and presence (n, 5) of
+    the rows for the weights; the pooled JCT states (n, V + 1, 5, H), kept modalities and modality sets
+    (n, V + 1, 5) of the rows for the set statistics, each fused from all its modalities and `num_views`
+    subsets; and over those rows, the (5, 5) counts, sums and sums of squares of the cross-product cosines of
+    the modality features within each batch. The weights and the set map act after the JCT's pooling, so
+    nothing here depends on them: the weights are fitted on this pass's output and the statistics are then
+    read from the stored states, without encoding the products again."""
     base = model.base_model
-    features, present = [], []
+    features, present, views = [], [], []
+    pairs = [
+        torch.zeros(len(MODALITIES), len(MODALITIES), dtype=torch.float64, device=device) for _ in range(3)
+    ]
+    offset = 0
     for batch in batches:
+        size = len(batch["modality_mask"])
+        rows_for_weights = for_weights[offset : offset + size].to(device)
+        rows_for_sets = for_sets[offset : offset + size].to(device)
+        offset += size
+        subsets = draw_modality_subset(
+            batch["modality_mask"].bool()[:, None].expand(-1, num_views, -1), keep_probability, generator
+        )
         with inference_autocast(device):
             encoding = base._encode(**model_inputs(batch, device))
-        features.append(encoding.modality_embeds.float())
-        present.append(encoding.modality_mask)
+            pooled, kept, sets = base._pooled_views(encoding, subsets.to(device))
+        features.append(encoding.modality_embeds[rows_for_weights].float())
+        present.append(encoding.modality_mask[rows_for_weights])
+        views.append((pooled[rows_for_sets], kept[rows_for_sets], sets[rows_for_sets]))
+        batch_pairs = cross_product_cosine_sums(
+            encoding.modality_embeds[rows_for_sets], encoding.modality_mask[rows_for_sets]
+        )
+        pairs = [total + new for total, new in zip(pairs, batch_pairs, strict=True)]
     if features:  # a process may get no products when there are fewer than processes
-        features, present = torch.cat(features), torch.cat(present).to(device)
+        weight_rows = torch.cat(features), torch.cat(present)
+        views = tuple(torch.cat(parts) for parts in zip(*views, strict=True))
     else:
-        features = torch.zeros(0, len(MODALITIES), base.config.projection_dim, device=device)
-        present = torch.zeros(0, len(MODALITIES), dtype=torch.bool, device=device)
+        hidden, dim = base.config.hidden_size, base.config.projection_dim
+        weight_rows = (
+            torch.zeros(0, len(MODALITIES), dim, device=device),
+            torch.zeros(0, len(MODALITIES), dtype=torch.bool, device=device),
+        )
+        kept = torch.zeros(0, num_views + 1, len(MODALITIES), dtype=torch.bool, device=device)
+        views = (torch.zeros(0, num_views + 1, len(MODALITIES), hidden, device=device), kept, kept)
+    return weight_rows, views, tuple(pairs)
+
+
+@torch.no_grad()
+def fit_modality_weights(
+    model: torch.nn.Module, features: torch.Tensor, present: torch.Tensor, accelerator=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit `model`'s `ScaleModalityWeights` on per-modality contrastive `features` (N, 5, D) and their
+    `present` mask (N, 5), gathered from every process; returns the (5, 5) agreement and measured mask."""
     if accelerator is not None and accelerator.num_processes > 1:
         # padded rows have no modality present, so they join no pair; gloo gathers no bool tensors
         padded = accelerator.pad_across_processes([features, present.float()], dim=0)
         features, present = accelerator.gather(padded)
         present = present.bool()
     agreement, measured = modality_agreement(features, present)
-    base.modality_weights.fit(agreement, measured)
+    model.base_model.modality_weights.fit(agreement, measured)
     return agreement, measured
 
 
 @torch.no_grad()
 def modality_set_sums(
     model: torch.nn.Module,
-    batches,
-    num_views: int,
-    keep_probability: float,
-    generator: torch.Generator,
+    pooled: torch.Tensor,
+    kept: torch.Tensor,
+    sets: torch.Tensor,
     device: torch.device,
-) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """Over the collated `batches`, the statistics `ScaleModalitySetNorm.fit` reads (float64): per modality
-    set, the (num_sets,) counts, (num_sets, H) sums and (num_sets, H, H) sums of outer products of `model`'s
-    `product_embeds`, each product fused from all its modalities and `num_views` subsets; then the same
-    counts and sums by set and the (H, H) sum of outer products of the full views alone (the reference);
-    and the (5, 5) counts, sums and sums of squares of the cross-product cosines of its modality features."""
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, ...]:
+    """The statistics `ScaleModalitySetNorm.fit` reads (float64), from the pooled views of
+    `encode_calibration_products` fused into `model`'s `product_embeds` (with its current weights): per
+    modality set, the (num_sets,) counts, (num_sets, H) sums and (num_sets, H, H) sums of outer products of
+    every view; then the same counts and sums by set and the (H, H) sum of outer products of the full views
+    alone (the reference)."""
     base = model.base_model
     num_sets, hidden = base.modality_set_norm.mean.shape
     counts = torch.zeros(num_sets, dtype=torch.float64, device=device)
@@ -132,25 +181,18 @@ def modality_set_sums(
     products = torch.zeros(num_sets, hidden, hidden, dtype=torch.float64, device=device)
     reference_counts, reference_sums = torch.zeros_like(counts), torch.zeros_like(sums)
     reference_products = torch.zeros(hidden, hidden, dtype=torch.float64, device=device)
-    pairs = [
-        torch.zeros(len(MODALITIES), len(MODALITIES), dtype=torch.float64, device=device) for _ in range(3)
-    ]
-    for batch in batches:
-        inputs = model_inputs(batch, device)
-        views = batch["modality_mask"].bool()[:, None].expand(-1, num_views, -1)
-        subsets = draw_modality_subset(views, keep_probability, generator)
+    for start in range(0, len(pooled), batch_size):
+        chunk = slice(start, start + batch_size)
         with inference_autocast(device):
-            encoding = base._encode(**inputs)  # once for both statistics (`get_subset_product_embeddings`)
-            embeds, sets = base._product_views(encoding, subsets.to(device))
-        batch_pairs = cross_product_cosine_sums(encoding.modality_embeds, encoding.modality_mask)
-        pairs = [total + new for total, new in zip(pairs, batch_pairs, strict=True)]
-        full, full_codes = embeds[:, 0].double(), modality_set_codes(sets[:, 0])
+            embeds = base._product_embeds(pooled[chunk].flatten(0, 1), kept[chunk].flatten(0, 1))
+        embeds = embeds.unflatten(0, kept[chunk].shape[:2])
+        full, full_codes = embeds[:, 0].double(), modality_set_codes(sets[chunk, 0])
         full = full[full_codes > 0]
         full_codes = full_codes[full_codes > 0]
         reference_counts.index_add_(0, full_codes, torch.ones_like(full_codes, dtype=torch.float64))
         reference_sums.index_add_(0, full_codes, full)
         reference_products += full.T @ full
-        embeds, codes = embeds.flatten(0, 1).double(), modality_set_codes(sets.flatten(0, 1))
+        embeds, codes = embeds.flatten(0, 1).double(), modality_set_codes(sets[chunk].flatten(0, 1))
         has_any = codes > 0
         embeds, codes = embeds[has_any], codes[has_any]
         counts.index_add_(0, codes, torch.ones_like(codes, dtype=torch.float64))
@@ -158,8 +200,7 @@ def modality_set_sums(
         for code in codes.unique().tolist():
             members = embeds[codes == code]
             products[code] += members.T @ members
-    statistics = (counts, sums, products, reference_counts, reference_sums, reference_products)
-    return statistics, tuple(pairs)
+    return counts, sums, products, reference_counts, reference_sums, reference_products
 
 
 def calibrate_modality_sets(
@@ -180,8 +221,8 @@ def calibrate_modality_sets(
     show_progress: bool = True,
 ) -> dict[str, int]:
     """Fit `model`'s `ScaleModalityWeights` on up to `agreement_products` rows of `dataset` (0: plain mean),
-    then its `ScaleModalitySetNorm` and `ScaleAlignmentReference` on up to `max_products` rows (module
-    docstring).
+    then its `ScaleModalitySetNorm` and `ScaleAlignmentReference` on up to `max_products` rows, reading and
+    encoding each product once (module docstring).
 
     Args:
         model: a `ScaleModel` or any `ScaleFor*` head model (unwrapped); it is left in the mode it was in.
@@ -197,25 +238,29 @@ def calibrate_modality_sets(
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=generator)
+    drawn = torch.empty_like(order)
+    drawn[order] = torch.arange(len(order))  # each row's place in the seeded draw
+    chosen = order[: max(max_products, agreement_products)].sort().values[rank::world]
     base = model.base_model
     was_training = base.training
     base.eval().to(device)
-    base.modality_weights.reset()
-    if agreement_products > 0:
-        for_weights = order[:agreement_products].sort().values.tolist()
-        loader = product_loader(
-            dataset.select(for_weights[rank::world]), processor, modalities, batch_size, num_workers
-        )
-        progress = tqdm(loader, desc="modality weights", disable=not show_progress)
-        fit_modality_weights(model, progress, device, accelerator)
-    chosen = order[:max_products].sort().values.tolist()
-    loader = product_loader(
-        dataset.select(chosen[rank::world]), processor, modalities, batch_size, num_workers
+    for module in (base.modality_weights, base.modality_set_norm, base.alignment_reference):
+        module.reset()
+    loader = product_loader(dataset.select(chosen.tolist()), processor, modalities, batch_size, num_workers)
+    progress = tqdm(loader, desc="calibration products", disable=not show_progress)
+    (features, present), views, pairs = encode_calibration_products(
+        model,
+        progress,
+        drawn[chosen] < agreement_products,
+        drawn[chosen] < max_products,
+        num_views,
+        keep_probability,
+        generator,
+        device,
     )
-    base.modality_set_norm.reset()
-    base.alignment_reference.reset()
-    progress = tqdm(loader, desc="modality-set statistics", disable=not show_progress)
-    sets, pairs = modality_set_sums(model, progress, num_views, keep_probability, generator, device)
+    if agreement_products > 0:
+        fit_modality_weights(model, features, present, accelerator)
+    sets = modality_set_sums(model, *views, device)
     if accelerator is not None and world > 1:
         sets, pairs = ([accelerator.reduce(t, reduction="sum") for t in group] for group in (sets, pairs))
     counts, sums, products, *reference = sets
