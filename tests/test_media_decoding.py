@@ -1,5 +1,7 @@
 """Decoding of images, videos and audio from every accepted source type, on real files, and clear errors."""
 
+from fractions import Fraction
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -259,3 +261,118 @@ def test_a_lazily_opened_image_is_read_before_its_file_closes(tmp_path):
     with PIL.Image.open(path) as image:
         loaded = load_image(image)
     assert np.asarray(loaded.convert("RGB"))[0, 0].tolist() == pytest.approx([200, 10, 10], abs=3)
+
+
+# ------------------------------------------------------------------------- video: skipping unshown frames
+def encode_changing_video(path, codec: str, rate, frames: int, options: dict, timestamps=None) -> None:
+    """Every frame differs from its neighbours (a moving noise texture), so a wrong frame is a pixel
+    difference; `timestamps` (milliseconds) gives a variable frame rate or a late start."""
+    import av
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 255, (48, 256, 3), dtype=np.uint8)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        if timestamps is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(
+                np.ascontiguousarray(np.roll(texture, 3 * index, axis=1)[:, :64]), format="rgb24"
+            )
+            if timestamps is not None:
+                frame.pts, frame.time_base = int(timestamps[index]), Fraction(1, 1000)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+VIDEO_ENCODINGS = {
+    "h264 B-pyramid": ("libx264", 25, 190, {"bf": "3", "b-pyramid": "normal", "g": "20"}),
+    "h264 29.97 fps": ("libx264", Fraction(30000, 1001), 160, {"bf": "3"}),
+    "hevc": ("libx265", 24, 130, {"x265-params": "bframes=4:b-pyramid=1:keyint=30:log-level=none"}),
+    "mpeg4 B-frames": ("mpeg4", 24, 130, {"bf": "2", "g": "24"}),
+    "vp9": ("libvpx-vp9", 25, 80, {}),
+    "variable frame rate": ("libx264", 25, 150, {"bf": "3"}),
+    "late start": ("libx264", 25, 100, {"bf": "3"}),
+}
+
+
+def encoded_video(tmp_path, name: str):
+    codec, rate, frames, options = VIDEO_ENCODINGS[name]
+    timestamps = None
+    if name == "variable frame rate":
+        timestamps = np.cumsum(np.random.default_rng(1).integers(20, 90, frames))
+    elif name == "late start":
+        timestamps = 700 + 40 * np.arange(frames)
+    path = tmp_path / "video.mp4"
+    encode_changing_video(path, codec, rate, frames, options, timestamps)
+    return path
+
+
+@pytest.mark.parametrize("name", list(VIDEO_ENCODINGS))
+def test_skipping_unshown_frames_gives_a_frame_accurate_decoders_frames(tmp_path, name):
+    """Files are sampled by PyAV with non-reference frames skipped; torchcodec's exact mode decodes all."""
+    path = encoded_video(tmp_path, name)
+    for fps, max_frames in ((1.0, 12), (3.0, 30), (25.0, 40)):
+        exact = load_video_frames(VideoDecoder(str(path), seek_mode="exact"), fps, max_frames)
+        assert np.array_equal(load_video_frames(path, fps, max_frames), exact), (name, fps)
+
+
+@pytest.mark.parametrize("name", ["h264 B-pyramid", "variable frame rate"])
+def test_skipped_frames_are_never_the_ones_played(tmp_path, name):
+    """In decode order, each packet judged from the packets before it: the frames judged unshown are a third
+    of the file or more, and none of them is a frame played at a sampled time."""
+    import av
+
+    from modeling_scale.media_decoding_scale import _pts_seconds, _shown_at_a_target
+
+    path = encoded_video(tmp_path, name)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = [packet.pts for packet in container.demux(stream) if packet.pts is not None]
+        time_base = stream.time_base
+    targets = (np.arange(7) * 0.9 + 0.1).tolist()  # from after the first frame
+    shown, demuxed = [], []
+    for pts in packets:
+        shown.append(_shown_at_a_target(pts, sorted(demuxed), targets, time_base))
+        demuxed.append(pts)
+    in_order = sorted(packets)
+    played = {
+        in_order[np.searchsorted([_pts_seconds(p, time_base) for p in in_order], t, "right") - 1]
+        for t in targets
+    }
+    assert all(flag for pts, flag in zip(packets, shown, strict=True) if pts in played)
+    assert sum(not flag for flag in shown) > len(packets) / 3
+
+
+def test_video_without_pyav_or_rotated_goes_through_torchcodec(tmp_path, monkeypatch):
+    import shutil
+    import subprocess
+    import sys
+
+    path = encoded_video(tmp_path, "h264 B-pyramid")
+    exact = load_video_frames(VideoDecoder(str(path), seek_mode="exact"), 1.0, 12)
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    assert np.array_equal(load_video_frames(path, 1.0, 12), exact)
+    monkeypatch.undo()
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("the ffmpeg command is needed to tag a video as rotated")
+    rotated = tmp_path / "rotated.mp4"
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-loglevel",
+            "error",
+            "-i",
+            str(path),
+            "-c",
+            "copy",
+            "-metadata:s:v:0",
+            "rotate=90",
+            str(rotated),
+        ],
+        check=True,
+    )
+    frames = load_video_frames(rotated, 1.0, 12)  # turned upright, as torchcodec plays it
+    assert frames.shape == (exact.shape[0], 64, 48, 3)
+    assert np.array_equal(frames, load_video_frames(VideoDecoder(str(rotated)), 1.0, 12))

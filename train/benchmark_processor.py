@@ -6,7 +6,8 @@ core; a preprocessing run on N cores with `datasets.map(num_proc=N)` or N DataLo
 linearly:
 
 - `new`: `ScaleProcessor` as shipped: images decoded at the smallest size >= the model's (JPEG DCT scaling),
-  one fused resize + normalise, video frames converted by FFmpeg straight at the model's size;
+  one fused resize + normalise, video sampled by PyAV without the non-reference frames no sampled second
+  shows, each sampled frame resized by FFmpeg straight to the model's size;
 - `old`: the same processor with the previous decoding kept here only, for this comparison (full-size
   decode, transformers' per-step PIL preprocessing, full-size video frames, the audio's log-mel in float64);
 - `naive`: the image alone through plain PIL (full decode, bicubic resize, normalise), the yardstick a
@@ -36,6 +37,7 @@ import av
 import numpy as np
 import PIL.Image
 import torch
+from torchcodec.decoders import VideoDecoder
 from transformers.image_processing_backends import PilBackend
 
 from modeling_scale import ScaleFeatureExtractor, ScaleImageProcessor, ScaleProcessor
@@ -63,10 +65,12 @@ class LegacyImageProcessor(ScaleImageProcessor):
 
 
 class LegacyVideoProcessor(ScaleVideoProcessor):
-    """The video path before decoding at the model's size: full-size RGB frames, resized by PIL later."""
+    """The video path before PyAV and decoding at the model's size: torchcodec decodes every frame up to the
+    last sampled second, full-size RGB frames are resized by PIL later."""
 
     def load(self, video):
-        return load_video_frames(video, fps=self.fps, max_frames=self.max_frames)
+        decoder = VideoDecoder(str(video), dimension_order="NHWC", seek_mode="approximate")
+        return load_video_frames(decoder, fps=self.fps, max_frames=self.max_frames)
 
 
 class LegacyFeatureExtractor(ScaleFeatureExtractor):
