@@ -322,6 +322,31 @@ def test_paper_objective_runs_apart_with_the_papers_losses_alone(tmp_path, monke
     ]
 
 
+@pytest.mark.parametrize(
+    "options, fusion",
+    [
+        (["--objective", "paper"], "mean"),  # the paper's fusion
+        (["--objective", "ours"], "fitted"),
+        (["--objective", "paper", "--modality_weights", "fitted"], "fitted"),
+        (["--modality_weights", "mean"], "mean"),
+    ],
+)
+def test_modality_weights_are_the_plain_mean_under_the_papers_objective(
+    tmp_path, monkeypatch, options, fusion
+):
+    commands = []
+    monkeypatch.setattr(ablation.subprocess, "run", lambda command, **kwargs: commands.append(command))
+    args = parse_args(["--tables", "6", *options])
+    assert args.modality_weights == fusion
+    ablation.run_one(rows_of(args)[0].run, 0, tmp_path / "data", tmp_path, args, threads=1)
+    pretrain = next(command for command in commands if "train/pretrain.py" in command)
+    assert ("--agreement_products" in pretrain) == (fusion == "mean")
+    if fusion == "mean":
+        assert pretrain[pretrain.index("--agreement_products") + 1] == "0"
+    recorded = json.loads(next(tmp_path.glob("runs/*/run_settings.json")).read_text())
+    assert recorded["modality_weights"] == fusion  # a run fused the other way is never reused
+
+
 def test_noisy_diagnostics_on_a_real_model_scores_both_samples_and_counts_the_flagged_listings(
     tmp_path, tmp_path_factory
 ):

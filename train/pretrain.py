@@ -101,6 +101,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "per-modality-set map of product_embeds after training "
         "(train/modality_set_calibration.py); 0 skips both",
     )
+    parser.add_argument(
+        "--agreement_products",
+        type=int,
+        default=2048,
+        help="products of the calibration that fit the modality weights; 0 keeps the plain mean of the "
+        "modalities' embeddings (the paper's fusion)",
+    )
     add_training_arguments(parser)
     add_hub_arguments(parser)
     args = parser.parse_args(argv)
@@ -219,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
             dataset,
             args.modalities,
             max_products=args.calibration_products,
+            agreement_products=args.agreement_products,
             keep_probability=config.subset_keep_probability,
             batch_size=args.per_device_batch_size,
             num_workers=args.num_workers,
