@@ -345,34 +345,32 @@ def test_skipped_frames_are_never_the_ones_played(tmp_path, name):
     assert sum(not flag for flag in shown) > len(packets) / 3
 
 
-def test_video_without_pyav_or_rotated_goes_through_torchcodec(tmp_path, monkeypatch):
-    import shutil
-    import subprocess
+def test_video_without_pyav_goes_through_torchcodec(tmp_path, monkeypatch):
     import sys
 
     path = encoded_video(tmp_path, "h264 B-pyramid")
     exact = load_video_frames(VideoDecoder(str(path), seek_mode="exact"), 1.0, 12)
     monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
     assert np.array_equal(load_video_frames(path, 1.0, 12), exact)
-    monkeypatch.undo()
+
+
+@pytest.mark.parametrize("rotate", [90, 180, 270])
+def test_rotated_video_is_turned_upright_as_torchcodec_plays_it(tmp_path, rotate):
+    """Phone videos carry a display rotation: the frames (and the resize to the model's size) are upright."""
+    import shutil
+    import subprocess
+
     if shutil.which("ffmpeg") is None:
         pytest.skip("the ffmpeg command is needed to tag a video as rotated")
-    rotated = tmp_path / "rotated.mp4"
+    path, rotated = encoded_video(tmp_path, "h264 B-pyramid"), tmp_path / "rotated.mp4"
+    tag = ["-metadata:s:v:0", f"rotate={rotate}"]
     subprocess.run(
-        [
-            "ffmpeg",
-            "-loglevel",
-            "error",
-            "-i",
-            str(path),
-            "-c",
-            "copy",
-            "-metadata:s:v:0",
-            "rotate=90",
-            str(rotated),
-        ],
-        check=True,
+        ["ffmpeg", "-loglevel", "error", "-i", str(path), "-c", "copy", *tag, str(rotated)], check=True
     )
-    frames = load_video_frames(rotated, 1.0, 12)  # turned upright, as torchcodec plays it
-    assert frames.shape == (exact.shape[0], 64, 48, 3)
-    assert np.array_equal(frames, load_video_frames(VideoDecoder(str(rotated)), 1.0, 12))
+    exact = load_video_frames(VideoDecoder(str(rotated), seek_mode="exact"), 3.0, 30)
+    assert exact.shape[1:3] == ((48, 64) if rotate == 180 else (64, 48))
+    assert np.array_equal(load_video_frames(rotated, 3.0, 30), exact)
+    small = load_video_frames(rotated, 1.0, 12, size=(40, 30))
+    expected = np.stack([resized(PIL.Image.fromarray(frame), (40, 30)) for frame in exact[::3]])
+    difference = np.abs(small.astype(int) - expected).mean()  # a noise texture: ~9 upright, ~38 upside down
+    assert small.shape == expected.shape and difference < 12
