@@ -343,8 +343,16 @@ def test_modality_weights_are_the_plain_mean_under_the_papers_objective(
     assert ("--agreement_products" in pretrain) == (fusion == "mean")
     if fusion == "mean":
         assert pretrain[pretrain.index("--agreement_products") + 1] == "0"
-    recorded = json.loads(next(tmp_path.glob("runs/*/run_settings.json")).read_text())
-    assert recorded["modality_weights"] == fusion  # a run fused the other way is never reused
+    record = next(tmp_path.glob("runs/*/run_settings.json"))
+    assert json.loads(record.read_text())["modality_weights"] == fusion  # never reused the other way
+    record.write_text(
+        json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "modality_weights"})
+    )
+    if fusion == "fitted":  # a run recorded before the option existed was fitted: reused
+        ablation.check_run_settings(record.parent, args)
+    else:
+        with pytest.raises(SystemExit, match="modality_weights='fitted' \\(now 'mean'\\)"):
+            ablation.check_run_settings(record.parent, args)
 
 
 def test_noisy_diagnostics_on_a_real_model_scores_both_samples_and_counts_the_flagged_listings(

@@ -289,6 +289,9 @@ RUN_SETTINGS = (
 )
 """What a run's training depends on besides its folder's name: recorded in the folder, checked on a rerun."""
 
+UNRECORDED_SETTINGS = {"modality_weights": "fitted"}
+"""What a run recorded before a setting existed was trained with (runs before `--modality_weights` fitted)."""
+
 
 def check_run_settings(folder: Path, args: argparse.Namespace) -> None:
     """Record the command's `RUN_SETTINGS` in a new run folder; refuse to resume or reuse one trained with
@@ -298,7 +301,9 @@ def check_run_settings(folder: Path, args: argparse.Namespace) -> None:
     if record.exists():
         recorded = json.loads(record.read_text())
         if differing := [
-            f"{k}={recorded.get(k)!r} (now {v!r})" for k, v in settings.items() if recorded.get(k) != v
+            f"{k}={recorded.get(k, UNRECORDED_SETTINGS.get(k))!r} (now {v!r})"
+            for k, v in settings.items()
+            if recorded.get(k, UNRECORDED_SETTINGS.get(k)) != v
         ]:
             raise SystemExit(
                 f"{folder} was trained with {', '.join(differing)}: "
