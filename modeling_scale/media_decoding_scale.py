@@ -207,6 +207,13 @@ def _is_video_decoder(source: Any) -> bool:
     return hasattr(source, "get_frames_played_at") and hasattr(source, "metadata")
 
 
+def _sampled_times(begin: float, end: float, fps: float, max_frames: int) -> list[float]:
+    """The seconds sampled at `fps` from `begin`, each before `end` (at least one, at most `max_frames`)."""
+    available = max(1, math.ceil((end - begin) * fps - 1e-6))
+    times = begin + np.arange(min(available, max_frames)) / fps
+    return np.minimum(times, np.nextafter(end, begin)).tolist()
+
+
 def _sample_decoder_frames(decoder: Any, fps: float, max_frames: int) -> np.ndarray:
     """Frames at `fps` from the stream's start, at most `max_frames`, as uint8 (T, H, W, C)."""
     metadata = decoder.metadata
@@ -216,9 +223,7 @@ def _sample_decoder_frames(decoder: Any, fps: float, max_frames: int) -> np.ndar
         end = begin + float(metadata.duration_seconds)
     if end is None:
         raise MediaDecodingError("the video stream has no known duration")
-    available = max(1, math.ceil((float(end) - begin) * fps - 1e-6))
-    timestamps = begin + np.arange(min(available, max_frames)) / fps
-    timestamps = np.minimum(timestamps, np.nextafter(float(end), begin)).tolist()
+    timestamps = _sampled_times(begin, float(end), fps, max_frames)
     frames = decoder.get_frames_played_at(seconds=timestamps).data  # (T, C, H, W) or (T, H, W, C)
     if frames.shape[-1] not in (1, 3, 4):
         frames = frames.permute(0, 2, 3, 1)
@@ -332,10 +337,7 @@ def _frames_played_at(container: Any, stream: Any, fps: float, max_frames: int) 
     span, time_base = _video_span_seconds(stream, container), stream.time_base
     if span is None or time_base is None:
         return None
-    begin, end = span
-    available = max(1, math.ceil((end - begin) * fps - 1e-6))
-    targets = begin + np.arange(min(available, max_frames)) / fps
-    targets = np.minimum(targets, np.nextafter(end, begin)).tolist()
+    targets = _sampled_times(*span, fps, max_frames)
     played: list[Any] = []  # the decoded frame played at each target, in order
     previous = None
     demuxed: list[int] = []  # the times of the packets so far, sorted
