@@ -44,6 +44,9 @@ from modeling_scale.simcl import cross_product_cosine_sums
 from train.data import model_inputs
 from train.embeddings import default_device, inference_autocast, product_loader
 
+CALIBRATION_PRODUCTS = 8192  # products fused for the set statistics and the alignment reference
+AGREEMENT_PRODUCTS = 2048  # of those, products whose modality agreement fits the weights
+
 
 def modality_set_name(code: int) -> str:
     """`text+image` for the set whose bits are those of text and image (`modality_set_codes`)."""
@@ -208,8 +211,8 @@ def calibrate_modality_sets(
     processor,
     dataset,
     modalities: Sequence[str] = MODALITIES,
-    max_products: int = 8192,
-    agreement_products: int = 2048,
+    max_products: int = CALIBRATION_PRODUCTS,
+    agreement_products: int = AGREEMENT_PRODUCTS,
     num_views: int = 4,
     keep_probability: float = 0.5,
     batch_size: int = 64,
@@ -278,8 +281,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--model_dir", required=True, help="saved SCALE folder (any head), updated in place")
     parser.add_argument("--data_dir", required=True, help="converted M5Product folder")
-    parser.add_argument("--max_products", type=int, default=8192)
-    parser.add_argument("--agreement_products", type=int, default=2048, help="0 keeps the plain mean")
+    parser.add_argument("--max_products", type=int, default=CALIBRATION_PRODUCTS)
+    parser.add_argument(
+        "--agreement_products", type=int, default=AGREEMENT_PRODUCTS, help="0 keeps the plain mean"
+    )
     parser.add_argument("--num_views", type=int, default=4)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--num_workers", type=int, default=0)

@@ -35,7 +35,12 @@ from train.components import (
     parse_overrides,
 )
 from train.data import IndexedDataset, ScaleBatchCollator, check_modalities, only_columns_of
-from train.modality_set_calibration import calibrate_modality_sets, modality_weight_names
+from train.modality_set_calibration import (
+    AGREEMENT_PRODUCTS,
+    CALIBRATION_PRODUCTS,
+    calibrate_modality_sets,
+    modality_weight_names,
+)
 from train.model_card import portable_reference, write_model_card
 from train.publish import add_hub_arguments, push_training_output
 from train.training_loop import add_training_arguments, make_accelerator, train
@@ -96,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--calibration_products",
         type=int,
-        default=8192,
+        default=CALIBRATION_PRODUCTS,
         help="products whose embeddings (all modalities and random subsets) fit the modality weights and the "
         "per-modality-set map of product_embeds after training "
         "(train/modality_set_calibration.py); 0 skips both",
@@ -104,7 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--agreement_products",
         type=int,
-        default=2048,
+        default=AGREEMENT_PRODUCTS,
         help="products of the calibration that fit the modality weights; 0 keeps the plain mean of the "
         "modalities' embeddings (the paper's fusion)",
     )
