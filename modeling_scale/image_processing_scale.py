@@ -67,6 +67,9 @@ class ScaleImageProcessor(PilBackend):
         pixels = np.empty((len(images), 3, size.height, size.width), dtype=np.float32)
         resample = kwargs["resample"] if kwargs["resample"] is not None else PIL.Image.BILINEAR
         for row, image in enumerate(images):
+            if image.shape[1:] == (size.height, size.width):  # video frames decoded at this size
+                pixels[row] = image  # what PIL's resize to the same size returns: a copy
+                continue
             resized = PIL.Image.fromarray(np.moveaxis(image, 0, -1)).resize(
                 (size.width, size.height), resample
             )

@@ -38,3 +38,22 @@ def test_packing_benchmark_counts_fewer_flops_packed_on_both_coverages():
             row["packed train GFLOP/product"] / row["padded train GFLOP/product"]
         )
         assert row["padded train s/product"] > 0 and row["packed train s/product"] > 0
+
+
+@pytest.mark.slow
+def test_processor_benchmark_times_old_new_and_the_decoding_step(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from train import benchmark_processor
+
+    output = tmp_path / "figures.json"
+    argv = ["benchmark_processor", "--seconds", "0.05", "--media_seconds", "2", "--batch_size", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--max_video_frames", "2", "--output", str(output)])
+    benchmark_processor.main()
+    rates = json.loads(output.read_text())["products_per_cpu_second"]
+    assert list(rates) == list(benchmark_processor.SCENARIOS)
+    assert set(rates["text+table"]) == {"old", "new"}  # nothing to decode
+    assert set(rates["+image"]) == {"old", "new", "decode", "naive"}
+    assert set(rates["+video"]) == set(rates["+audio"]) == {"old", "new", "decode"}
+    assert all(rate["cpu"] > 0 for scenario in rates.values() for rate in scenario.values())

@@ -214,7 +214,8 @@ def test_fused_image_preprocessing_equals_pil_backend():
     from modeling_scale import ScaleImageProcessor
 
     processor = ScaleImageProcessor(size={"height": 64, "width": 48})
-    images = [PIL.Image.fromarray(photo_like(90, 70)), photo_like(50, 120)]
+    # the last one already has the size, as video frames decoded at the model's size do
+    images = [PIL.Image.fromarray(photo_like(90, 70)), photo_like(50, 120), photo_like(64, 48)]
     for return_tensors in ("np", "pt"):
         fused = processor(images, return_tensors=return_tensors)["pixel_values"]
         reference = PilBackend._preprocess(
@@ -230,7 +231,7 @@ def test_fused_image_preprocessing_equals_pil_backend():
                 "return_tensors": return_tensors,
             },
         )["pixel_values"]
-        assert tuple(fused.shape) == (2, 3, 64, 48)
+        assert tuple(fused.shape) == (3, 3, 64, 48)
         np.testing.assert_allclose(np.asarray(fused), np.asarray(reference), atol=1e-5, rtol=0)
 
 

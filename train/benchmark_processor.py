@@ -10,6 +10,9 @@ linearly:
   shows, each sampled frame resized by FFmpeg straight to the model's size;
 - `old`: the same processor with the previous decoding kept here only, for this comparison (full-size
   decode, transformers' per-step PIL preprocessing, full-size video frames, the audio's log-mel in float64);
+- `decode`: the new processor's decoding step alone (image, sampled video frames at the model's size, the
+  audio window at 16 kHz), no features: the most the processor could reach, since exact frames and samples
+  need at least that;
 - `naive`: the image alone through plain PIL (full decode, bicubic resize, normalise), the yardstick a
   preprocessing pipeline is usually compared with.
 
@@ -41,7 +44,7 @@ from torchcodec.decoders import VideoDecoder
 from transformers.image_processing_backends import PilBackend
 
 from modeling_scale import ScaleFeatureExtractor, ScaleImageProcessor, ScaleProcessor
-from modeling_scale.media_decoding_scale import load_image, load_video_frames
+from modeling_scale.media_decoding_scale import load_audio, load_image, load_video_frames
 from modeling_scale.video_processing_scale import ScaleVideoProcessor
 
 SCENARIOS = {
@@ -102,6 +105,19 @@ def legacy_processor(processor: ScaleProcessor) -> ScaleProcessor:
         legacy.image_processor, fps=processor.video_fps, max_frames=processor.max_video_frames
     )
     return legacy
+
+
+def decoding_step(processor: ScaleProcessor, inputs: dict[str, list]) -> Callable[[], list] | None:
+    """The decoding `processor` does for `inputs` (None when they have no media): its loaders, no features."""
+    extractor = processor.feature_extractor
+    loaders = {
+        "images": processor.image_processor.load,
+        "videos": processor.video_frame_processor.load,
+        "audio": lambda clip: load_audio(clip, extractor.sampling_rate, extractor.max_duration),
+    }
+    if not loaders.keys() & inputs.keys():
+        return None
+    return lambda: [loaders[key](item) for key in loaders.keys() & inputs.keys() for item in inputs[key]]
 
 
 def naive_image_pipeline(image_size: int) -> Callable[[list[Path]], np.ndarray]:
@@ -258,6 +274,9 @@ def main() -> None:
         for name, modalities in SCENARIOS.items():
             inputs = scenario_inputs(media, modalities, args.batch_size)
             runs = {"old": lambda inputs=inputs: old(**inputs), "new": lambda inputs=inputs: new(**inputs)}
+            decode = decoding_step(new, inputs)
+            if decode is not None:
+                runs["decode"] = decode
             if name == "+image":
                 runs["naive"] = lambda: naive([media["image"]] * args.batch_size)
             results[name] = time_alternating(runs, args.batch_size, args.seconds)
@@ -278,13 +297,14 @@ def main() -> None:
     )
     print(f"ScaleProcessor products per CPU-second, one core ({settings})")
     print(
-        f"  {'scenario':<11} {'old':>8} {'new':>8} {'new/old':>8} {'wall old':>9} {'wall new':>9}"
-        "  mean |pixel new - old|"
+        f"  {'scenario':<11} {'old':>8} {'new':>8} {'new/old':>8} {'decode':>8} {'wall old':>9} "
+        f"{'wall new':>9}  mean |pixel new - old|"
     )
     for name, rate in results.items():
+        decode = f"{rate['decode']['cpu']:8.1f}" if "decode" in rate else f"{'-':>8}"
         print(
             f"  {name:<11} {rate['old']['cpu']:8.1f} {rate['new']['cpu']:8.1f} "
-            f"{rate['new']['cpu'] / rate['old']['cpu']:7.2f}x {rate['old']['wall']:9.1f} "
+            f"{rate['new']['cpu'] / rate['old']['cpu']:7.2f}x {decode} {rate['old']['wall']:9.1f} "
             f"{rate['new']['wall']:9.1f}  {differences[name]:.2f} of 255"
             + (
                 f", max |audio feature new - old| {audio_differences[name]:.1e}"
