@@ -447,9 +447,18 @@ def _to_mono(samples: np.ndarray) -> np.ndarray:
     return samples
 
 
+def _first_seconds(decoder: Any, seconds: float | None) -> Any:
+    """The samples of a torchcodec `AudioDecoder` over the first `seconds` from its first sample (all when
+    None). Streams need not start at 0: an MP3 from LAME starts 25 ms in (its encoder delay), so the range
+    [0, 12) would hold 11.975 s."""
+    begin = float(decoder.metadata.begin_stream_seconds or 0.0)
+    stop = None if seconds is None else begin + seconds
+    return decoder.get_samples_played_in_range(start_seconds=begin, stop_seconds=stop)
+
+
 def load_audio(source: Any, sampling_rate: int, max_seconds: float | None) -> np.ndarray:
     """
-    The first `max_seconds` of mono audio at `sampling_rate` Hz as a float32 array.
+    The first `max_seconds` of mono audio (from the stream's first sample) at `sampling_rate` Hz as float32.
 
     Accepts paths / bytes (decoded and resampled by torchcodec), torchcodec `AudioDecoder` objects (what
     `datasets`' `Audio` feature yields), `(array, sampling_rate)` tuples, `{"array", "sampling_rate"}` dicts,
@@ -458,7 +467,7 @@ def load_audio(source: Any, sampling_rate: int, max_seconds: float | None) -> np
     stop = None if max_seconds is None else float(max_seconds)
     if _is_audio_decoder(source):
         try:
-            samples = source.get_samples_played_in_range(start_seconds=0.0, stop_seconds=stop)
+            samples = _first_seconds(source, stop)
         except (RuntimeError, ValueError) as error:
             raise MediaDecodingError(f"cannot decode audio: {first_line(error)}") from error
         waveform = resample(_to_mono(samples.data.numpy()), samples.sample_rate, sampling_rate)
@@ -481,7 +490,7 @@ def load_audio(source: Any, sampling_rate: int, max_seconds: float | None) -> np
 
         try:
             decoder = AudioDecoder(encoded, sample_rate=sampling_rate, num_channels=1)
-            samples = decoder.get_samples_played_in_range(start_seconds=0.0, stop_seconds=stop)
+            samples = _first_seconds(decoder, stop)
         except (RuntimeError, ValueError) as error:
             raise MediaDecodingError(f"cannot decode audio: {first_line(error)}") from error
         waveform = _to_mono(samples.data.numpy())

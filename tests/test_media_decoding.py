@@ -6,7 +6,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from scale_media import SECOND_COLOURS, TONE_HZ, make_media, tone
+from scale_media import SECOND_COLOURS, TONE_HZ, make_media, tone, write_mp3
 from torchcodec.decoders import AudioDecoder, VideoDecoder
 
 from modeling_scale.media_decoding_scale import (
@@ -115,6 +115,20 @@ def test_audio_files_are_mono_16k_tone(media, name):
 
 def test_audio_cut_to_max_seconds(media):
     assert len(load_audio(media["wav"], 16000, max_seconds=0.5)) == 8000
+
+
+@pytest.mark.parametrize("from_file", [True, False])  # resampled by torchcodec / a native-rate decoder by us
+def test_audio_window_starts_at_the_first_sample(tmp_path, from_file):
+    # LAME's encoder delay starts an MP3 stream 25 ms in; the window still holds max_seconds of sound
+    path = tmp_path / "long.mp3"
+    write_mp3(path, seconds=3.0, rate=44100)
+    assert AudioDecoder(str(path)).metadata.begin_stream_seconds > 0.02
+    source = str(path) if from_file else AudioDecoder(str(path))
+    assert len(load_audio(source, 16000, max_seconds=2.0)) == 32000
+    everything = load_audio(str(path) if from_file else AudioDecoder(str(path)), 16000, None)
+    window = load_audio(source, 16000, max_seconds=2.0)
+    # the same samples (scipy's resampling of the window alone differs in its last filter length)
+    np.testing.assert_allclose(window[:31000], everything[:31000], atol=1e-6)
 
 
 def test_audio_array_forms_are_resampled():
