@@ -9,12 +9,16 @@ with an 80 dB floor below the peak, orthonormal DCT-II.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import scipy.fft
 import torch
 from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
+
+from .media_decoding_scale import load_audio
 
 FEATURE_TYPES = ("mfcc", "log_mel")
 STFT_BACKENDS = ("torch", "numpy")
@@ -93,6 +97,11 @@ class ScaleFeatureExtractor(SequenceFeatureExtractor):
             mel_scale="htk",
         )
         self.window = window_function(n_fft, "hann")
+
+    def load(self, audio: Any) -> np.ndarray:
+        """Decode one clip (path, bytes, AudioDecoder, array, `(array, rate)`) for this extractor: the first
+        `max_duration` seconds, mono, at `sampling_rate`."""
+        return load_audio(audio, self.sampling_rate, self.max_duration)
 
     @property
     def max_frames(self) -> int:

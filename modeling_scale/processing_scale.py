@@ -17,7 +17,7 @@ from transformers.processing_utils import ProcessorMixin, Unpack
 from .configuration_scale import MODALITIES
 from .feature_extraction_scale import ScaleFeatureExtractor
 from .image_processing_scale import ScaleImageProcessor
-from .media_decoding_scale import describe_source, load_audio
+from .media_decoding_scale import describe_source
 from .processing_kwargs_scale import Padding, ScaleProcessorKwargs
 from .table_processing_scale import ScaleTableProcessor, parse_table
 from .video_processing_scale import ScaleVideoProcessor
@@ -474,13 +474,8 @@ class ScaleProcessor(ProcessorMixin):
         decoded_videos = self._decode_all(
             "video", inputs["video"], self.video_frame_processor.load, on_error, failures
         )
-        sampling_rate = self.feature_extractor.sampling_rate
         decoded_audio = self._decode_all(
-            "audio",
-            inputs["audio"],
-            lambda item: load_audio(item, sampling_rate, self.feature_extractor.max_duration),
-            on_error,
-            failures,
+            "audio", inputs["audio"], self.feature_extractor.load, on_error, failures
         )
         media = {
             "image": self._transform(
@@ -503,7 +498,7 @@ class ScaleProcessor(ProcessorMixin):
                 "audio",
                 decoded_audio,
                 lambda clips: self.feature_extractor(
-                    clips, sampling_rate=sampling_rate, padding=padding["audio"]
+                    clips, sampling_rate=self.feature_extractor.sampling_rate, padding=padding["audio"]
                 ),
                 on_error,
                 failures,

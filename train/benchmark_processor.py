@@ -44,7 +44,7 @@ from torchcodec.decoders import VideoDecoder
 from transformers.image_processing_backends import PilBackend
 
 from modeling_scale import ScaleFeatureExtractor, ScaleImageProcessor, ScaleProcessor
-from modeling_scale.media_decoding_scale import load_audio, load_image, load_video_frames
+from modeling_scale.media_decoding_scale import load_image, load_video_frames
 from modeling_scale.video_processing_scale import ScaleVideoProcessor
 
 SCENARIOS = {
@@ -109,11 +109,10 @@ def legacy_processor(processor: ScaleProcessor) -> ScaleProcessor:
 
 def decoding_step(processor: ScaleProcessor, inputs: dict[str, list]) -> Callable[[], list] | None:
     """The decoding `processor` does for `inputs` (None when they have no media): its loaders, no features."""
-    extractor = processor.feature_extractor
     loaders = {
         "images": processor.image_processor.load,
         "videos": processor.video_frame_processor.load,
-        "audio": lambda clip: load_audio(clip, extractor.sampling_rate, extractor.max_duration),
+        "audio": processor.feature_extractor.load,
     }
     if not loaders.keys() & inputs.keys():
         return None
